@@ -1,0 +1,150 @@
+"""`rlhfkit <command> [--flags | --config file.yaml]` — a thin dispatch; every flag comes from a config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from rlhfkit import config as C
+
+# command -> (config dataclass, "module:function" that runs it, one-line description)
+STAGES: dict[str, tuple[type, str, str]] = {
+    "pretrain": (
+        C.PretrainConfig,
+        "rlhfkit.stages.pretrain:run",
+        "Step0: pretrain a language model on raw text",
+    ),
+    "sft": (C.SFTConfig, "rlhfkit.stages.sft:run", "Step1: supervised fine-tuning on demonstrations"),
+}
+
+
+@dataclass
+class GenerateArgs:
+    model: str = C.arg("runs/sft", "model directory")
+    prompt: list[str] = C.arg(None, "one or more prompts")
+    prompts_file: str | None = C.arg(None, "a {'prompt'} JSONL file instead of --prompt")
+    chat: bool | None = C.arg(
+        None, "format with the chat template (default: yes unless the model is pretrained-only)"
+    )
+    max_new_tokens: int = C.arg(96, "maximum answer length in tokens")
+    temperature: float = C.arg(0.7, "sampling temperature (0 = greedy)")
+    top_p: float = C.arg(0.9, "nucleus sampling mass")
+    seed: int = C.arg(0, "sampling seed")
+    num_samples: int = C.arg(1, "answers per prompt")
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*shared tensor.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_function(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit", description="ChatGPT-style RLHF: Step0 → Step1 → Step2 → Step3"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, _, description) in STAGES.items():
+        C.add_arguments(sub.add_parser(name, help=description, description=description), cls)
+    gen = sub.add_parser("generate", help="sample answers from a model")
+    C.add_arguments(gen, GenerateArgs)
+    chat = sub.add_parser("chat", help="talk to a model interactively")
+    C.add_arguments(chat, GenerateArgs)
+    world = sub.add_parser("world", help="the embedded world (data + judge)")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    export = world_sub.add_parser("export", help="write the world's data as JSONL")
+    export.add_argument("--out", default="runs/world", help="output directory")
+    export.add_argument("--seed", type=int, default=0, help="world seed")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+
+    try:
+        if args.command in STAGES:
+            cls, target, _ = STAGES[args.command]
+            cfg = C.from_args(cls, args)
+            _load_function(target)(cfg)
+        elif args.command == "generate":
+            _generate(C.from_args(GenerateArgs, args))
+        elif args.command == "chat":
+            _chat(C.from_args(GenerateArgs, args))
+        elif args.command == "world":
+            from rlhfkit.world import export_world
+
+            counts = export_world(args.out, seed=args.seed)
+            for name, n in counts.items():
+                print(f"{args.out}/{name}: {n} rows")
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Errors the user can cause are raised with a message that says what and where; no deep traceback.
+        from rlhfkit.training import console
+
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+    return 0
+
+
+def _load_for_generation(args: GenerateArgs):
+    from rlhfkit.modeling import check_vocab, is_chat_model, load_causal_lm
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model).eval()
+    check_vocab(model, tokenizer, args.model)
+    chat = is_chat_model(args.model) if args.chat is None else args.chat
+    return model, tokenizer, chat
+
+
+def _generate(args: GenerateArgs) -> None:
+    from rlhfkit.rollout import generate_answers
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        from rlhfkit.data import load_prompts
+
+        prompts += [p.prompt for p in load_prompts(args.prompts_file)]
+    if not prompts:
+        raise ValueError("give --prompt TEXT (one or more) or --prompts-file FILE.jsonl")
+    model, tokenizer, chat = _load_for_generation(args)
+    repeated = [p for p in prompts for _ in range(args.num_samples)]
+    answers = generate_answers(
+        model, tokenizer, repeated, chat, args.max_new_tokens, args.temperature, args.top_p, args.seed
+    )
+    for prompt, (answer, ended) in zip(repeated, answers):
+        print(f"> {prompt}\n{answer}{'' if ended else ' …[no EOS]'}\n")
+
+
+def _chat(args: GenerateArgs) -> None:
+    from rlhfkit.rollout import generate_answers
+
+    model, tokenizer, chat = _load_for_generation(args)
+    print("rlhfkit chat — an empty line or Ctrl-D quits")
+    seed = args.seed
+    while True:
+        try:
+            prompt = input("你: ").strip()
+        except EOFError:
+            break
+        if not prompt:
+            break
+        ((answer, ended),) = generate_answers(
+            model, tokenizer, [prompt], chat, args.max_new_tokens, args.temperature, args.top_p, seed
+        )
+        seed += 1
+        print(f"模型: {answer}{'' if ended else ' …'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

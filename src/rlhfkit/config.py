@@ -1,0 +1,206 @@
+"""One dataclass per stage. Each field's `help` is its CLI help; the CLI, YAML files and the Python API all use
+the same dataclass, and `to_yaml(from_yaml(x)) == x`.
+
+Names follow TRL where TRL has one (`kl_coef`, `cliprange`, `vf_coef`, `gamma`, `lam`, `missing_eos_penalty`,
+`beta`, `margin`, `center_rewards_coefficient`), so users can move their settings over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def arg(default, help: str):  # noqa: A002 - `help` reads best at the call sites
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainArgs:
+    """Settings every training stage has."""
+
+    out: str = arg("runs/stage", "output directory (model, metrics.jsonl, tensorboard/, checkpoint/)")
+    seed: int = arg(0, "random seed (data order, initialisation, sampling)")
+    mixed_precision: str = arg(
+        "auto", "auto | no | bf16 | fp16; auto = bf16 autocast where it is faster (CPU, Ampere+)"
+    )
+    resume: bool = arg(False, "continue from out/checkpoint if there is one")
+    batch_size: int = arg(32, "sequences per optimizer step (per process, before accumulation)")
+    grad_accum: int = arg(1, "gradient accumulation steps")
+    lr: float = arg(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = arg(0.0, "AdamW weight decay on matrices")
+    warmup_steps: int = arg(20, "linear warm-up steps before cosine decay")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm")
+    max_len: int = arg(128, "maximum tokens per sequence (longer ones are truncated)")
+    log_every: int = arg(10, "log metrics every N steps")
+    save_every: int = arg(100, "write a resumable checkpoint every N steps (0 = only at the end)")
+
+
+@dataclass
+class PretrainConfig(TrainArgs):
+    """Step0: next-token LM on raw text (文字接龙)."""
+
+    out: str = arg("runs/gpt", "output directory")
+    data: str = arg(
+        "world", "pretraining text: a {'text'} JSONL/dataset file, or 'world' for the embedded corpus"
+    )
+    world_docs: int = arg(4000, "documents generated when data = world")
+    tokenizer: str | None = arg(None, "existing tokenizer dir; default: train a byte-level BPE on the data")
+    vocab_size: int = arg(3000, "BPE vocabulary size when training a tokenizer")
+    model: str | None = arg(None, "existing HF causal LM to continue pretraining; default: a new tiny Llama")
+    hidden_size: int = arg(128, "default model: hidden size")
+    num_layers: int = arg(4, "default model: transformer layers")
+    num_heads: int = arg(4, "default model: attention heads")
+    intermediate_size: int = arg(352, "default model: MLP size")
+    max_steps: int = arg(600, "optimizer steps")
+    lr: float = arg(3e-3, "peak learning rate")
+    weight_decay: float = arg(0.01, "AdamW weight decay on matrices")
+
+
+@dataclass
+class SFTConfig(TrainArgs):
+    """Step1: supervised fine-tuning on demonstrations; loss on completion tokens only."""
+
+    out: str = arg("runs/sft", "output directory")
+    model: str = arg("runs/gpt", "the pretrained model to fine-tune (any HF causal LM dir)")
+    data: str = arg("world", "demonstrations: {prompt, completion} or {messages} JSONL/dataset, or 'world'")
+    epochs: float = arg(8.0, "passes over the demonstrations (they are few)")
+    max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
+    lr: float = arg(1e-3, "peak learning rate")
+    batch_size: int = arg(16, "demonstrations per step")
+    lora_r: int = arg(0, "LoRA rank; 0 = full fine-tuning. LoRA adapters are merged into the saved model")
+    lora_alpha: int = arg(16, "LoRA alpha")
+    lora_dropout: float = arg(0.0, "LoRA dropout")
+
+
+@dataclass
+class LabelConfig:
+    """Step2 data: sample K answers per RM prompt from the SFT model and have simulated labelers rank them."""
+
+    out: str = arg("runs/comparisons.jsonl", "output JSONL of {prompt, responses, ranking, ended}")
+    model: str = arg("runs/sft", "the model whose answers are ranked (the SFT policy)")
+    prompts: str = arg("world", "RM prompts: a {'prompt'} JSONL file, or 'world' (the world's RM split)")
+    k: int = arg(4, "responses per prompt to rank (InstructGPT: 4 to 9)")
+    n_labelers: int = arg(5, "simulated labelers; each prompt is ranked by one of them, in turn")
+    label_noise: float = arg(0.1, "probability that a labeler swaps two adjacent responses in a ranking")
+    labeler_noise: float = arg(0.5, "scale of a labeler's per-judgement noise on the gold utility")
+    temperature: float = arg(1.0, "sampling temperature for the K responses")
+    top_p: float = arg(1.0, "nucleus sampling mass")
+    max_new_tokens: int = arg(64, "maximum response length in tokens")
+    seed: int = arg(0, "sampling and labeler seed")
+
+
+@dataclass
+class RewardConfig(TrainArgs):
+    """Step2: reward model r(x, y) trained on K-wise rankings, all C(K,2) pairs of a prompt in one element."""
+
+    out: str = arg("runs/reward", "output directory")
+    model: str = arg("runs/sft", "initialise from this model (the SFT model, as InstructGPT)")
+    data: str = arg(
+        "world", "K-wise or pairwise preference JSONL/dataset; 'world' = run `rlhfkit label` first"
+    )
+    demonstrations: str = arg(
+        "world", "SFT demonstrations used to centre the reward at mean 0 ('world', a file, or '')"
+    )
+    kwise: bool = arg(
+        True, "all pairs of a prompt in one batch element (InstructGPT); False = shuffled independent pairs"
+    )
+    epochs: float = arg(3.0, "passes over the comparisons")
+    max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
+    batch_size: int = arg(8, "prompts (K-wise) or pairs (pairwise) per step")
+    lr: float = arg(5e-4, "peak learning rate")
+    margin: float = arg(0.0, "margin per rank step subtracted from r_w - r_l (TRL name)")
+    center_rewards_coefficient: float = arg(
+        0.0, "weight of the mean(r²) term that keeps rewards centred (TRL name)"
+    )
+    val_fraction: float = arg(0.1, "prompts held out to measure accuracy and over-fitting")
+    max_len: int = arg(160, "maximum tokens of prompt + response")
+    eval_every: int = arg(25, "measure validation accuracy every N steps")
+
+
+@dataclass
+class ScoreArgs:
+    reward_model: str = arg("runs/reward", "reward model directory")
+    prompt: str = arg(None, "the prompt")
+    response: list[str] = arg(None, "one or more responses to score")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "label": LabelConfig,
+    "reward": RewardConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI and YAML from the dataclasses.
+
+
+def _field_types(cls: type) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One --flag per field, with the field's help; --config FILE.yaml fills defaults first."""
+    parser.add_argument("--config", help="YAML file with any of these settings (flags given here win)")
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = types[f.name]
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        base = _base_type(kind)
+        if base is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=help_text)
+
+
+def _base_type(kind) -> type:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (list, typing.List):  # noqa: UP006
+        return list
+    if args:  # X | None
+        return _base_type(args[0])
+    return kind
+
+
+def from_args(cls: type, namespace: argparse.Namespace):
+    """Defaults <- YAML (--config) <- flags."""
+    values = load_yaml(namespace.config, cls) if getattr(namespace, "config", None) else {}
+    for f in dataclasses.fields(cls):
+        given = getattr(namespace, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return cls(**values)
+
+
+def load_yaml(path: str | Path, cls: type) -> dict:
+    """Read a YAML mapping and check its keys against the dataclass, naming the file and the bad key."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    return data
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), allow_unicode=True, sort_keys=False)
+
+
+def save_config(config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_yaml(config), encoding="utf-8")

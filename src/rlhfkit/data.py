@@ -1,0 +1,619 @@
+"""Load and validate the data files of every stage.
+
+Formats (one JSON object per line, UTF-8; TRL's conventions so users can bring existing data):
+
+    pretrain     {"text": str}
+    sft          {"prompt": str, "completion": str}
+                 {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}
+    preferences  {"prompt": str, "responses": [str x K], "ranking": [i_best, ..., i_worst]}
+                 {"prompt": str, "responses": [str x K], "ranks": [int x K]}     1 = best, equal = tie
+                 {"prompt": str, "chosen": str, "rejected": str}                 the K = 2 case
+                 {"chosen": [messages], "rejected": [messages]}                   TRL conversational,
+                                                                                  "prompt" optional
+    prompts      {"prompt": str, ...}   or   {"messages": [...]}                  extra fields kept in `meta`
+
+`.jsonl` / `.json` files are read here line by line; `.parquet`, `.csv`, `.tsv`, `.arrow` files and
+directories written by `datasets.save_to_disk` go through the `datasets` library and hold the same columns.
+
+Every loader checks every row and raises `DataError` on the first bad one. Its message names the place
+(`file:line`, 1-based, for JSON lines; `file[row i]`, 0-based as in `dataset[i]`, otherwise), the field, what
+was wrong and what to do:
+
+    data/rm.jsonl:7: field "ranking": [0, 0, 2] is not a permutation of 0..2 (K=3 responses). List each ...
+
+Blank lines are skipped, never an error, and counted in the returned `Loaded.skipped_blank`; no row is ever
+dropped silently. Unknown extra fields are ignored (or, for prompts, kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROLES = ("system", "user", "assistant")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+DATASETS_SUFFIXES = (".parquet", ".csv", ".tsv", ".arrow")
+
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A problem in a user's data file; the message says where, what was wrong and what to do."""
+
+
+@dataclass
+class PromptCompletion:
+    """One SFT demonstration. For chat rows `messages` is the whole conversation, `prompt` its last user turn
+    and `completion` its final assistant turn (the only tokens the SFT loss is taken on)."""
+
+    prompt: str
+    completion: str
+    messages: list[dict] | None = None
+
+
+@dataclass
+class Ranked:
+    """One preference item: K responses to a prompt and the rank of each (1 = best, equal ranks = tie).
+    `prompt_messages` keeps the conversation before the responses when the row was given as chat messages."""
+
+    prompt: str
+    responses: list[str]
+    ranks: list[int]
+    prompt_messages: list[dict] | None = None
+    ended: list[bool] | None = None  # optional "ended" field: False = the response was cut off before EOS
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(winner, loser) index pairs over all C(K, 2) pairs of responses; a tie gives no pair."""
+        pairs = []
+        for i in range(len(self.ranks)):
+            for j in range(i + 1, len(self.ranks)):
+                if self.ranks[i] < self.ranks[j]:
+                    pairs.append((i, j))
+                elif self.ranks[j] < self.ranks[i]:
+                    pairs.append((j, i))
+        return pairs
+
+
+@dataclass
+class Prompt:
+    """A prompt for RL or evaluation; `meta` holds the row's other fields (e.g. "family", "messages")."""
+
+    prompt: str
+    meta: dict = field(default_factory=dict)
+
+
+class Loaded(list[T]):
+    """The validated rows of one file, plus what was skipped on the way, for the caller to report."""
+
+    def __init__(self, rows: Iterable[T], path: str, skipped_blank: int) -> None:
+        super().__init__(rows)
+        self.path = path
+        self.skipped_blank = skipped_blank
+
+    def summary(self) -> str:
+        return f"loaded {len(self)} rows from {self.path}, skipped {self.skipped_blank} blank lines"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_pretrain(path: str | Path) -> Loaded[str]:
+    """Pretraining documents from rows {"text": str}."""
+    return _load(path, _parse_pretrain, '{"text": "..."}')
+
+
+def load_sft(path: str | Path) -> Loaded[PromptCompletion]:
+    """SFT demonstrations from rows {"prompt", "completion"} or {"messages"}."""
+    return _load(path, _parse_sft, '{"prompt": "...", "completion": "..."}')
+
+
+def load_preferences(path: str | Path) -> Loaded[Ranked]:
+    """Preference items from K-wise rows ("ranking" or "ranks") or pairwise rows ("chosen", "rejected")."""
+    return _load(path, _parse_preference, '{"prompt": "...", "responses": ["...", "..."], "ranking": [1, 0]}')
+
+
+def load_prompts(path: str | Path) -> Loaded[Prompt]:
+    """RL / evaluation prompts from rows {"prompt", ...} or {"messages"}."""
+    return _load(path, _parse_prompt, '{"prompt": "..."}')
+
+
+def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield (location, record) for every row of a data file, e.g. ("data/x.jsonl:12", {...}).
+
+    If `blank_lines` is given, the 1-based numbers of the blank lines skipped are appended to it.
+    """
+    name = str(path)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise DataError(f"{name}: file not found. Check the path (relative paths start at {os.getcwd()}).")
+    if path.is_dir() or suffix in DATASETS_SUFFIXES:
+        yield from _read_with_datasets(path, name)
+    elif suffix == ".json" and _starts_with(path, "["):
+        yield from _read_json_array(path, name)
+    elif suffix in JSON_SUFFIXES:
+        yield from _read_json_lines(path, name, blank_lines)
+    else:
+        raise DataError(
+            f"{name}: unsupported file type {suffix or '(no extension)'!r}. Use JSON lines "
+            f"({', '.join(JSON_SUFFIXES)}), {', '.join(DATASETS_SUFFIXES)}, or a directory written by "
+            "datasets.save_to_disk."
+        )
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write one JSON object per line (UTF-8, non-ASCII kept readable) and return how many.
+
+    Atomic: the rows go to a temporary file next to `path`, renamed over it at the end, so a reader never sees
+    half a file. Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                if not isinstance(record, dict):
+                    raise TypeError(f"write_jsonl expects dicts, got {type(record).__name__}")
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _load(path: str | Path, parse_row: Callable[[str, dict], T], example: str) -> Loaded[T]:
+    blank_lines: list[int] = []
+    rows = [parse_row(location, record) for location, record in read_records(path, blank_lines=blank_lines)]
+    if not rows:
+        blanks = f" ({len(blank_lines)} blank lines)" if blank_lines else ""
+        raise DataError(
+            f"{path}: no rows found, the file is empty{blanks}. "
+            f"Write one JSON object per line, e.g. {example}."
+        )
+    return Loaded(rows, str(path), len(blank_lines))
+
+
+def _read_json_lines(path: Path, name: str, blank_lines: list[int] | None) -> Iterator[tuple[str, dict]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            location = f"{name}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{location}: not valid UTF-8 ({e.reason} at byte {e.start}). Save the file as UTF-8."
+                ) from None
+            if not line.strip():
+                if blank_lines is not None:
+                    blank_lines.append(lineno)
+                continue
+            try:
+                record = json.loads(line.rstrip())  # so the column of an error is on this line
+            except json.JSONDecodeError as e:
+                hint = (
+                    " A .json file must hold one JSON list of objects, or one object per line."
+                    if path.suffix.lower() == ".json"
+                    else ""
+                )
+                raise DataError(
+                    f"{location}: malformed JSON: {e.msg} (column {e.colno}). "
+                    f"Each line must be one complete JSON object.{hint}"
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"{location}: expected a JSON object {{...}}, got {_kind(record)}. "
+                    "Write one object per line."
+                )
+            yield location, record
+
+
+def _read_json_array(path: Path, name: str) -> Iterator[tuple[str, dict]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{name}: not valid UTF-8 ({e.reason} at byte {e.start}). Save the file as UTF-8."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{name}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno}). Fix the JSON list."
+        ) from None
+    for i, record in enumerate(rows):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{name}[row {i}]: expected a JSON object {{...}}, got {_kind(record)}. "
+                "The list must hold objects."
+            )
+        yield f"{name}[row {i}]", record
+
+
+def _read_with_datasets(path: Path, name: str) -> Iterator[tuple[str, dict]]:
+    import datasets  # imported here: heavy, and only these formats need it
+
+    progress_was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # loading prints nothing on success
+    try:
+        dataset = _open_dataset(datasets, path, name)
+    except DataError:
+        raise
+    except Exception as e:  # whatever the file is wrong with, the user needs the file named
+        raise DataError(
+            f"{name}: could not be read by `datasets` ({type(e).__name__}: {e}). Check the file format."
+        ) from e
+    finally:
+        if not progress_was_disabled:
+            datasets.enable_progress_bars()
+    for i, row in enumerate(dataset):
+        yield f"{name}[row {i}]", row
+
+
+def _open_dataset(datasets: Any, path: Path, name: str) -> Any:
+    if path.is_dir():
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            if len(dataset) != 1:
+                raise DataError(
+                    f"{name}: holds the splits {list(dataset)}. Pass one split's directory, "
+                    f"e.g. {path / next(iter(dataset))}."
+                )
+            dataset = next(iter(dataset.values()))
+        return dataset
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    if suffix == ".csv":
+        return datasets.Dataset.from_csv(str(path))
+    if suffix == ".tsv":
+        return datasets.Dataset.from_csv(str(path), sep="\t")
+    return datasets.Dataset.from_file(str(path))  # .arrow, as written by datasets
+
+
+def _starts_with(path: Path, char: str) -> bool:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                return line.lstrip().startswith(char)
+    return False
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One row of each format
+
+
+def _parse_pretrain(location: str, record: dict) -> str:
+    return _text(location, "text", _field(location, record, "text"))
+
+
+def _parse_sft(location: str, record: dict) -> PromptCompletion:
+    if _has(record, "messages"):
+        turns = _messages(location, "messages", record["messages"])
+        prompt = _last_user(location, "messages", turns)
+        if turns[-1]["role"] != "assistant":
+            raise _error(
+                location,
+                "messages",
+                f"the last turn is {turns[-1]['role']!r}, not 'assistant'",
+                "End each conversation with the assistant answer to learn",
+            )
+        return PromptCompletion(prompt, turns[-1]["content"], messages=turns)
+    if not _has(record, "prompt") and not _has(record, "completion"):
+        raise _no_format(location, record, "SFT", ['{"prompt", "completion"}', '{"messages"}'])
+    prompt = _field(location, record, "prompt")
+    completion = _field(location, record, "completion")
+    if isinstance(prompt, list) or isinstance(completion, list):  # TRL conversational prompt-completion
+        prompt_turns = _turns(location, "prompt", prompt, role="user")
+        completion_turns = _turns(location, "completion", completion, role="assistant")
+        if completion_turns[-1]["role"] != "assistant":
+            raise _error(
+                location,
+                "completion",
+                "does not end with an assistant turn",
+                "End it with the answer to learn",
+            )
+        return PromptCompletion(
+            _last_user(location, "prompt", prompt_turns),
+            completion_turns[-1]["content"],
+            messages=prompt_turns + completion_turns,
+        )
+    return PromptCompletion(_text(location, "prompt", prompt), _text(location, "completion", completion))
+
+
+def _parse_preference(location: str, record: dict) -> Ranked:
+    if any(_has(record, key) for key in ("responses", "ranking", "ranks")):
+        return _parse_kwise(location, record)
+    if _has(record, "chosen") or _has(record, "rejected"):
+        return _parse_pairwise(location, record)
+    raise _no_format(
+        location,
+        record,
+        "preference",
+        [
+            '{"prompt", "responses", "ranking"}',
+            '{"prompt", "responses", "ranks"}',
+            '{"prompt", "chosen", "rejected"}',
+            '{"chosen", "rejected"} as message lists',
+        ],
+    )
+
+
+def _parse_kwise(location: str, record: dict) -> Ranked:
+    prompt, prompt_turns = _prompt(location, record)
+    responses = _list(location, "responses", _field(location, record, "responses"))
+    k = len(responses)
+    if k < 2:
+        raise _error(
+            location,
+            "responses",
+            f"has {k} response(s), a ranking needs K >= 2",
+            "Give at least two responses to compare",
+        )
+    responses = [_text(location, f"responses[{i}]", response) for i, response in enumerate(responses)]
+
+    if _has(record, "ranking") and _has(record, "ranks"):
+        raise _error(
+            location,
+            "ranks",
+            'is given together with "ranking"',
+            'Keep one of "ranking" (indices, best first) or "ranks" (1 = best)',
+        )
+    if _has(record, "ranking"):
+        ranking = _ints(location, "ranking", record["ranking"])
+        if sorted(ranking) != list(range(k)):
+            raise _error(
+                location,
+                "ranking",
+                f"{_show(ranking)} is not a permutation of 0..{k - 1} (K={k} responses)",
+                'List each index of "responses" exactly once, best first; for ties use "ranks" instead',
+            )
+        ranks = [0] * k
+        for position, index in enumerate(ranking):
+            ranks[index] = position + 1
+    elif _has(record, "ranks"):
+        ranks = _ints(location, "ranks", record["ranks"])
+        if len(ranks) != k:
+            raise _error(
+                location,
+                "ranks",
+                f"has {len(ranks)} entries for K={k} responses",
+                "Give one rank per response (1 = best, equal = tie)",
+            )
+        if min(ranks) < 1:
+            raise _error(
+                location,
+                "ranks",
+                f"{_show(ranks)} has a rank below 1",
+                "Ranks start at 1 for the best response",
+            )
+        if len(set(ranks)) < 2:
+            raise _error(
+                location,
+                "ranks",
+                f"{_show(ranks)} ties every response, so there is no preference to learn",
+                "Give at least two different ranks, or remove the row",
+            )
+    else:
+        raise _error(
+            location,
+            "ranking",
+            "is missing",
+            'Add "ranking": [i_best, ..., i_worst] (indices into "responses") '
+            'or "ranks": [1, 2, 2, ...] (1 = best, equal = tie)',
+        )
+    ended = None
+    if _has(record, "ended"):
+        ended = record["ended"]
+        if not isinstance(ended, list) or len(ended) != k or not all(isinstance(e, bool) for e in ended):
+            raise _error(
+                location,
+                "ended",
+                f"{_show(ended)} is not a list of {k} true/false values",
+                "Give one boolean per response (false = the response was cut off), or leave the field out",
+            )
+    return Ranked(prompt, responses, ranks, prompt_messages=prompt_turns, ended=ended)
+
+
+def _parse_pairwise(location: str, record: dict) -> Ranked:
+    chosen_value = _field(location, record, "chosen")
+    rejected_value = _field(location, record, "rejected")
+    chosen = _response(location, "chosen", chosen_value)
+    rejected = _response(location, "rejected", rejected_value)
+
+    if _has(record, "prompt"):
+        prompt, prompt_turns = _prompt(location, record)
+    elif isinstance(chosen_value, list) and isinstance(rejected_value, list):
+        # TRL's implicit prompt: both conversations share every turn before the final assistant answer
+        prompt_turns = chosen_value[:-1]
+        if rejected_value[:-1] != prompt_turns:
+            raise _error(
+                location,
+                "rejected",
+                'does not share the turns before its last one with "chosen"',
+                'Make both conversations identical up to the final assistant answer, or add a "prompt" field',
+            )
+        prompt = _last_user(location, "chosen", prompt_turns)
+    else:
+        raise _error(
+            location,
+            "prompt",
+            f"is missing (the row has {_fields(record)})",
+            'Add "prompt", or give "chosen" and "rejected" as message lists '
+            "that share the conversation before the answer",
+        )
+    if chosen == rejected:
+        raise _error(
+            location,
+            "rejected",
+            'is identical to "chosen"',
+            "A preference needs two different responses; fix or remove the row",
+        )
+    return Ranked(prompt, [chosen, rejected], [1, 2], prompt_messages=prompt_turns)
+
+
+def _parse_prompt(location: str, record: dict) -> Prompt:
+    meta = {key: value for key, value in record.items() if key != "prompt"}
+    if _has(record, "prompt"):
+        prompt, prompt_turns = _prompt(location, record)
+        if prompt_turns is not None:
+            meta.setdefault("messages", prompt_turns)
+        return Prompt(prompt, meta)
+    if _has(record, "messages"):
+        turns = _messages(location, "messages", record["messages"])
+        return Prompt(_last_user(location, "messages", turns), meta)
+    raise _no_format(location, record, "prompt", ['{"prompt"}', '{"messages"}'])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Field checks; each returns the checked value or raises DataError
+
+
+def _error(location: str, name: str, problem: str, fix: str) -> DataError:
+    return DataError(f'{location}: field "{name}": {problem}. {fix}.')
+
+
+def _has(record: dict, key: str) -> bool:
+    # null counts as absent: columnar files (parquet, csv) fill a column a row does not use with null
+    return record.get(key) is not None
+
+
+def _field(location: str, record: dict, key: str) -> Any:
+    if not _has(record, key):
+        raise _error(location, key, f"is missing (the row has {_fields(record)})", f'Add "{key}" to the row')
+    return record[key]
+
+
+def _text(location: str, name: str, value: Any) -> str:
+    if value is None:
+        raise _error(location, name, "is missing or null", "Give the text as a non-empty string")
+    if not isinstance(value, str):
+        raise _error(
+            location, name, f"expected a string, got {_describe(value)}", "Give the text as a JSON string"
+        )
+    if not value.strip():
+        raise _error(location, name, "is empty", "Give non-blank text, or remove the row")
+    return value
+
+
+def _list(location: str, name: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise _error(
+            location, name, f"expected a list, got {_describe(value)}", "Give it as a JSON list [...]"
+        )
+    return value
+
+
+def _ints(location: str, name: str, value: Any) -> list[int]:
+    values = _list(location, name, value)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise _error(
+            location, name, f"expected a list of integers, got {_show(values)}", "Use whole numbers only"
+        )
+    return values
+
+
+def _messages(location: str, name: str, value: Any) -> list[dict]:
+    turns = _list(location, name, value)
+    if not turns:
+        raise _error(
+            location, name, "is an empty list", 'Give at least one {"role": ..., "content": ...} turn'
+        )
+    for i, turn in enumerate(turns):
+        where = f"{name}[{i}]"
+        if not isinstance(turn, dict):
+            raise _error(
+                location,
+                where,
+                f"expected an object, got {_describe(turn)}",
+                'Write each turn as {"role": ..., "content": ...}',
+            )
+        role = turn.get("role")
+        if role not in ROLES:
+            problem = "is missing" if role is None else f"{_show(role)} is not a known role"
+            raise _error(location, f"{where}.role", problem, f"Use one of {', '.join(ROLES)}")
+        _text(location, f"{where}.content", turn.get("content"))
+    return turns
+
+
+def _turns(location: str, name: str, value: Any, role: str) -> list[dict]:
+    """A field that is either plain text (one turn of `role`) or a list of chat turns."""
+    if isinstance(value, str):
+        return [{"role": role, "content": _text(location, name, value)}]
+    return _messages(location, name, value)
+
+
+def _last_user(location: str, name: str, turns: list[dict]) -> str:
+    for turn in reversed(turns):
+        if turn["role"] == "user":
+            return turn["content"]
+    raise _error(location, name, "has no user turn", "Include the user's prompt as a turn with role 'user'")
+
+
+def _prompt(location: str, record: dict) -> tuple[str, list[dict] | None]:
+    """The "prompt" field as text, plus its turns when it was given as chat messages."""
+    value = _field(location, record, "prompt")
+    if isinstance(value, list):
+        turns = _messages(location, "prompt", value)
+        return _last_user(location, "prompt", turns), turns
+    return _text(location, "prompt", value), None
+
+
+def _response(location: str, name: str, value: Any) -> str:
+    """A response given as text or, TRL-style, as a conversation whose last turn is the assistant's answer."""
+    if isinstance(value, list):
+        turns = _messages(location, name, value)
+        if turns[-1]["role"] != "assistant":
+            raise _error(
+                location,
+                name,
+                f"the last turn is {turns[-1]['role']!r}, not 'assistant'",
+                "End it with the answer being ranked",
+            )
+        return turns[-1]["content"]
+    return _text(location, name, value)
+
+
+def _no_format(location: str, record: dict, kind: str, formats: list[str]) -> DataError:
+    return DataError(
+        f"{location}: a row with {_fields(record)} matches no {kind} format. "
+        f"Expected the fields {' or '.join(formats)} (extra fields are fine)."
+    )
+
+
+def _fields(record: dict) -> str:
+    names = [key for key, value in record.items() if value is not None]
+    return "fields " + ", ".join(f'"{key}"' for key in names) if names else "no fields"
+
+
+def _kind(value: Any) -> str:
+    kinds = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{_kind(value)} {_show(value)}"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

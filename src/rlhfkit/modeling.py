@@ -1,0 +1,165 @@
+"""Models: the tiny default Llama, reward/value models with a scalar head, and load/save of any HF causal LM.
+
+Every model is a stock `transformers` model, so what rlhfkit saves loads with `AutoModelForCausalLM` /
+`AutoModelForSequenceClassification(num_labels=1)`, and any local HF causal-LM directory works in every stage.
+
+Convention shared by training and PPO: the reward of `prompt + response` is the scalar head applied to the hidden
+state of the last non-pad token (the EOS when the answer ended). The value of token t is the same head applied at
+position t — which is why the value model can start as a copy of the reward model (InstructGPT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+RLHFKIT_META = "rlhfkit.json"  # which stage wrote a directory, and whether it is a chat model
+
+
+@dataclass
+class ModelSize:
+    """Shape of the default model; presets pick one of these."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 352
+    max_positions: int = 256
+
+
+def build_default_model(
+    vocab_size: int, size: ModelSize, pad_token_id: int, eos_token_id: int, seed: int = 0
+):
+    """A small Llama (RMSNorm, RoPE, SwiGLU) built from a config: the default 'GPT' before Step0."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_heads,
+        max_position_embeddings=size.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Any local HF causal LM directory (or hub id when online)."""
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+
+
+def load_reward_model(
+    path: str | Path, pad_token_id: int, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """A scalar-head model: a trained reward model, or a causal LM whose new head starts at zero-mean noise."""
+    config = AutoConfig.from_pretrained(str(path))
+    config.num_labels = 1
+    config.pad_token_id = pad_token_id  # the head reads the last non-pad token
+    return AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=dtype)
+
+
+def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """A tokenizer/model mismatch would index past the embedding table deep inside torch: say so up front."""
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise ValueError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_embed}; "
+            "use the tokenizer saved with this model (or resize the model's embeddings)"
+        )
+
+
+def scalar_head(model: PreTrainedModel) -> nn.Module:
+    """The num_labels=1 head of a sequence-classification model (`score` for Llama/Qwen/Mistral, ...)."""
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no scalar head named score/classifier")
+
+
+def backbone(model: PreTrainedModel) -> nn.Module:
+    """The transformer trunk under an LM head or a scalar head."""
+    return getattr(model, model.base_model_prefix)
+
+
+def per_token_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Scalar head on every position: (B, T). Values for PPO; reward = this at the last non-pad token."""
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return scalar_head(model)(hidden).squeeze(-1)
+
+
+def last_token_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Reward r(x, y): the head at the last non-pad token of each row (right padding). (B,)"""
+    scores = per_token_scores(model, input_ids, attention_mask)  # (B, T)
+    last = attention_mask.long().sum(-1) - 1  # (B,)
+    return scores.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path, **meta
+) -> None:
+    """save_pretrained (safetensors) + tokenizer into out_dir, next to the stage's metrics and logs.
+
+    Files are written to a temp dir and moved in one by one; rlhfkit.json goes last, so a directory whose
+    rlhfkit.json says complete always holds a whole model.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RLHFKIT_META).unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".save.", dir=out_dir))
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, out_dir / path.name)
+    tmp.rmdir()
+    (out_dir / RLHFKIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished temp dir into place; the old dst is removed only after the new one is complete."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def read_meta(path: str | Path) -> dict:
+    """What rlhfkit recorded about a model directory ({} for a directory it did not write)."""
+    meta = Path(path) / RLHFKIT_META
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def is_chat_model(path: str | Path) -> bool:
+    """Pretrained-only models get raw prompts (文字接龙); everything after SFT gets the chat template."""
+    return read_meta(path).get("chat", True)

@@ -1,0 +1,79 @@
+"""Step2 data — comparison data as InstructGPT collects it.
+
+For each RM prompt (disjoint from the SFT prompts) the SFT model samples K answers; one labeler ranks them best
+to worst. Here the labelers are simulated by the embedded world (the gold scorer with per-labeler weight
+perturbation, judgement noise, and a `label_noise` rate of swapped neighbours), so the data is only as good as
+real labelers would be: the reward model never sees the gold score, only noisy rankings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import LabelConfig
+from rlhfkit.data import load_prompts, write_jsonl
+from rlhfkit.modeling import check_vocab, load_causal_lm
+from rlhfkit.rollout import decode_responses, encode_prompts, sample
+from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.training import console, seed_everything
+
+
+def run(cfg: LabelConfig) -> Path:
+    if cfg.k < 2:
+        raise ValueError(f"label --k {cfg.k}: a ranking needs at least 2 responses")
+    from rlhfkit.world import labelers as make_labelers
+
+    seed_everything(cfg.seed)
+    prompts = load_rm_prompts(cfg.prompts)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_causal_lm(cfg.model).eval()
+    check_vocab(model, tokenizer, f"label --model {cfg.model}")
+    labelers = make_labelers(
+        cfg.n_labelers, seed=cfg.seed, noise=cfg.labeler_noise, flip_rate=cfg.label_noise
+    )
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = []
+    with console.status(f"[label] sampling {cfg.k} answers for {len(prompts)} prompts and ranking them"):
+        per_batch = max(1, 128 // cfg.k)
+        for start in range(0, len(prompts), per_batch):
+            chunk = prompts[start : start + per_batch]
+            repeated = [p for p in chunk for _ in range(cfg.k)]  # K consecutive samples per prompt
+            batch = sample(
+                model,
+                encode_prompts(tokenizer, repeated, chat=True),
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                cfg.top_p,
+                generator,
+            )
+            texts, ended = decode_responses(tokenizer, batch), batch.ended.tolist()
+            for j, prompt in enumerate(chunk):
+                responses = texts[j * cfg.k : (j + 1) * cfg.k]
+                flags = ended[j * cfg.k : (j + 1) * cfg.k]
+                labeler = labelers[(start + j) % len(labelers)]
+                ranking = labeler.rank(prompt, responses, flags)
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "responses": responses,
+                        "ranking": ranking,
+                        "ended": flags,
+                        "labeler": (start + j) % len(labelers),
+                    }
+                )
+    n = write_jsonl(cfg.out, rows)
+    console.print(f"[label] wrote {n} rankings of K={cfg.k} to {cfg.out}")
+    return Path(cfg.out)
+
+
+def load_rm_prompts(source: str) -> list[str]:
+    if source == "world":
+        from rlhfkit.world import split_prompts
+
+        return [task.prompt for task in split_prompts()["rm"]]
+    return [p.prompt for p in load_prompts(source)]

@@ -1,0 +1,323 @@
+"""Step2 — the reward model r(x, y), trained on rankings of K responses.
+
+Objective (InstructGPT eq. 1; the seed's loss): for each prompt with K ranked responses, all C(K,2) pairs
+(w better than l; ties give none) form ONE batch element,
+
+    loss = −1/C(K,2) · Σ_(w,l) log σ(r(x, y_w) − r(x, y_l)),   averaged over prompts  (`losses.ranking_loss`).
+
+Putting a prompt's pairs in one element means each response gets one forward pass per step instead of K−1, and
+the model does not over-fit to responses it sees K−1 times an epoch — InstructGPT's stated reason.
+`--no-kwise` gives the ablation: the same pairs shuffled as independent elements (benchmarks/rm_kwise_ablation.py).
+
+The model is the SFT model with a scalar head on the last non-pad token of `chat(prompt) + response (+ EOS)`,
+saved as a stock `AutoModelForSequenceClassification` (num_labels=1). After training, rewards are shifted so that
+the SFT demonstrations score 0 on average (InstructGPT). Llama-style heads have no bias, so the shift is stored as
+`config.reward_bias` and added by `score_responses`/PPO; `config.reward_std` records the reward scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import LabelConfig, RewardConfig
+from rlhfkit.data import Ranked, load_preferences
+from rlhfkit.losses import ranking_accuracy, ranking_loss
+from rlhfkit.modeling import check_vocab, last_token_scores, load_reward_model, read_meta, save_model
+from rlhfkit.stages.lm import is_finished
+from rlhfkit.tokenizer import format_prompt, load_tokenizer
+from rlhfkit.training import (
+    Tracker,
+    batch_indices,
+    check_finite,
+    console,
+    cosine_schedule,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    microbatch_numbers,
+    remove_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    sync_gradients_if,
+)
+
+
+def run(cfg: RewardConfig):
+    out = Path(cfg.out)
+    if cfg.resume and is_finished(out):
+        console.print(f"[reward] {out} is already finished; nothing to do")
+        return None
+    seed_everything(cfg.seed)
+    items = load_comparisons(cfg)
+    train_items, val_items = split_by_prompt(items, cfg.val_fraction, cfg.seed)
+    elements = train_items if cfg.kwise else as_independent_pairs(train_items, cfg.seed)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * len(elements) / (cfg.batch_size * cfg.grad_accum))
+    console.print(
+        f"[reward] {len(train_items)} train / {len(val_items)} val rankings "
+        f"({sum(len(i.pairs()) for i in train_items)} train pairs), "
+        f"{'K-wise elements' if cfg.kwise else 'independent pairs'}, {steps} steps"
+    )
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_reward_model(cfg.model, tokenizer.pad_token_id)
+    check_vocab(model, tokenizer, f"reward --model {cfg.model}")
+    accelerator = make_accelerator(cfg.mixed_precision)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    start = 0
+    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+        start = state["step"]
+        console.print(f"[reward] resuming from {out}/checkpoint at step {start}")
+    # A fixed train subset as large as the val set: the train/val accuracy gap measures over-fitting.
+    train_probe = random.Random(cfg.seed).sample(train_items, min(len(train_items), max(len(val_items), 1)))
+
+    model.train()
+    with Tracker(out, "reward", steps, start, enabled=accelerator.is_main_process) as tracker:
+        for step in range(start, steps):
+            numbers = microbatch_numbers(step, cfg.grad_accum, accelerator)
+            step_loss, step_acc = 0.0, 0.0
+            for m, number in enumerate(numbers):
+                batch = [elements[i] for i in batch_indices(len(elements), cfg.batch_size, number, cfg.seed)]
+                with sync_gradients_if(accelerator, model, m == len(numbers) - 1), accelerator.autocast():
+                    rewards, ranks, mask = batch_rewards(
+                        model, tokenizer, batch, cfg.max_len, accelerator.device
+                    )
+                    loss = ranking_loss(
+                        rewards, ranks, mask, margins(ranks, cfg.margin), cfg.center_rewards_coefficient
+                    )
+                    accelerator.backward(loss / cfg.grad_accum)
+                step_loss += loss.item() / cfg.grad_accum
+                step_acc += ranking_accuracy(rewards.detach(), ranks, mask).item() / cfg.grad_accum
+            check_finite(step, loss=step_loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            done = step + 1
+            metrics = {
+                "loss": step_loss,
+                "accuracy": step_acc,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+            }
+            if val_items and (done % cfg.eval_every == 0 or done == steps):
+                metrics["val_accuracy"], metrics["val_loss"] = accuracy(
+                    model, tokenizer, val_items, cfg.max_len, accelerator
+                )
+                metrics["train_accuracy"], metrics["train_loss"] = accuracy(
+                    model, tokenizer, train_probe, cfg.max_len, accelerator
+                )
+            if done % cfg.log_every == 0 or "val_accuracy" in metrics:
+                tracker.log(done, metrics, show=("loss", "accuracy", "val_accuracy"))
+            tracker.advance(done)
+            if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+                save_checkpoint(accelerator, out, done)
+
+    final = accelerator.unwrap_model(model).eval()
+    bias, scale = centre_on_demonstrations(final, tokenizer, cfg)
+    final.config.reward_bias, final.config.reward_std = bias, scale
+    if accelerator.is_main_process:
+        save_model(
+            final,
+            tokenizer,
+            out,
+            stage="reward",
+            chat=True,
+            complete=True,
+            steps=steps,
+            reward_bias=bias,
+            reward_std=scale,
+            kwise=cfg.kwise,
+        )
+        remove_checkpoint(out)
+        report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
+        (out / "eval.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        console.print(
+            f"[reward] val accuracy {report['val_accuracy']:.3f} (train {report['train_accuracy']:.3f}); "
+            f"saved to {out}"
+        )
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_comparisons(cfg: RewardConfig) -> list[Ranked]:
+    path = cfg.data
+    if cfg.data == "world":
+        path = str(Path(cfg.out) / "comparisons.jsonl")
+        if not (cfg.resume and Path(path).exists()):
+            from rlhfkit.stages import label
+
+            label.run(LabelConfig(out=path, model=cfg.model, seed=cfg.seed))
+    return list(load_preferences(path))
+
+
+def split_by_prompt(items: list[Ranked], val_fraction: float, seed: int) -> tuple[list[Ranked], list[Ranked]]:
+    """Hold out whole prompts, so validation measures generalisation to prompts never trained on."""
+    prompts = sorted({i.prompt for i in items})
+    random.Random(seed).shuffle(prompts)
+    val_prompts = set(prompts[: int(round(val_fraction * len(prompts)))])
+    return [i for i in items if i.prompt not in val_prompts], [i for i in items if i.prompt in val_prompts]
+
+
+def as_independent_pairs(items: list[Ranked], seed: int) -> list[Ranked]:
+    """The ablation: every (w, l) pair its own K=2 element, shuffled."""
+    pairs = []
+    for item in items:
+        for w, loser in item.pairs():
+            ended = [item.ended[w], item.ended[loser]] if item.ended else None
+            pairs.append(
+                replace(item, responses=[item.responses[w], item.responses[loser]], ranks=[1, 2], ended=ended)
+            )
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+def encode_response(tokenizer, prompt: str, response: str, ended: bool, max_len: int) -> list[int]:
+    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores."""
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if ended else [])
+    return ids[-max_len:] if len(ids) > max_len else ids
+
+
+def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
+    """Score every response of every item in one forward; returns rewards, ranks and mask, each (P, K_max)."""
+    rows, where = [], []
+    for p, item in enumerate(items):
+        for k, response in enumerate(item.responses):
+            ended = item.ended[k] if item.ended else True
+            rows.append(encode_response(tokenizer, item.prompt, response, ended, max_len))
+            where.append((p, k))
+    ids, mask = right_pad(rows, tokenizer.pad_token_id)
+    flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
+    k_max = max(len(i.responses) for i in items)
+    rewards = torch.zeros(len(items), k_max, device=device)
+    ranks = torch.zeros(len(items), k_max, dtype=torch.long, device=device)
+    present = torch.zeros(len(items), k_max, dtype=torch.bool, device=device)
+    p_idx = torch.tensor([p for p, _ in where], device=device)
+    k_idx = torch.tensor([k for _, k in where], device=device)
+    rewards = rewards.index_put((p_idx, k_idx), flat)
+    ranks[p_idx, k_idx] = torch.tensor([items[p].ranks[k] for p, k in where], device=device)
+    present[p_idx, k_idx] = True
+    return rewards, ranks, present
+
+
+def margins(ranks: torch.Tensor, margin: float) -> torch.Tensor | None:
+    """margin · (rank_l − rank_w) for each (w, l), or None when unused. (P, K, K)"""
+    if margin == 0.0:
+        return None
+    return margin * (ranks.unsqueeze(1) - ranks.unsqueeze(2)).clamp(min=0).float()
+
+
+@torch.no_grad()
+def accuracy(
+    model, tokenizer, items: list[Ranked], max_len: int, accelerator, batch_size: int = 32
+) -> tuple[float, float]:
+    """Pairwise accuracy and ranking loss over `items` (ties excluded), pooled over pairs."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0.0
+    loss_sum = 0.0
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        with accelerator.autocast():
+            rewards, ranks, mask = batch_rewards(model, tokenizer, chunk, max_len, accelerator.device)
+        n_pairs = sum(len(item.pairs()) for item in chunk)
+        correct += ranking_accuracy(rewards, ranks, mask).item() * n_pairs
+        loss_sum += ranking_loss(rewards, ranks, mask).item() * len(chunk)
+        total += n_pairs
+    model.train(was_training)
+    return correct / max(total, 1), loss_sum / max(len(items), 1)
+
+
+@torch.no_grad()
+def score_responses(
+    model,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    ended: list[bool] | None = None,
+    max_len: int = 256,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """r(x, y) for each (prompt, response), including the stored demonstration-mean shift. (N,)"""
+    ended = ended if ended is not None else [True] * len(prompts)
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [
+            encode_response(tokenizer, p, r, e, max_len)
+            for p, r, e in zip(
+                prompts[i : i + batch_size], responses[i : i + batch_size], ended[i : i + batch_size]
+            )
+        ]
+        ids, mask = right_pad(rows, tokenizer.pad_token_id)
+        out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
+
+
+def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig) -> tuple[float, float]:
+    """Bias that gives the SFT demonstrations mean reward 0 (InstructGPT), and the reward std on them."""
+    if not cfg.demonstrations:
+        return 0.0, 1.0
+    if cfg.demonstrations == "world":
+        from rlhfkit.world import demonstrations
+
+        pairs = [(d["prompt"], d["completion"]) for d in demonstrations()]
+    else:
+        from rlhfkit.data import load_sft
+
+        pairs = [(row.prompt, row.completion) for row in load_sft(cfg.demonstrations)]
+    model.config.reward_bias = 0.0
+    scores = score_responses(
+        model, tokenizer, [p for p, _ in pairs], [c for _, c in pairs], max_len=cfg.max_len
+    )
+    return -float(scores.mean()), float(scores.std()) if len(scores) > 1 else 1.0
+
+
+def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardConfig) -> dict:
+    """reward/eval.json: accuracy, over-fitting gap and — on the embedded world — agreement with the held-out
+    gold panel, the labelers' own agreement (the ceiling), accuracy per oracle dimension, Spearman vs gold."""
+    from rlhfkit.training import make_accelerator
+
+    accelerator = make_accelerator("no")
+    val_acc, val_loss = accuracy(model, tokenizer, val_items, cfg.max_len, accelerator)
+    train_acc, train_loss = accuracy(model, tokenizer, train_probe, cfg.max_len, accelerator)
+    report = {
+        "val_accuracy": val_acc,
+        "val_loss": val_loss,
+        "train_accuracy": train_acc,
+        "train_loss": train_loss,
+        "n_val_rankings": len(val_items),
+        "n_val_pairs": sum(len(i.pairs()) for i in val_items),
+        "kwise": cfg.kwise,
+        "reward_bias": float(model.config.reward_bias),
+        "reward_std": float(model.config.reward_std),
+    }
+    from rlhfkit.evaluate import reward_model_vs_gold
+
+    report.update(reward_model_vs_gold(model, tokenizer, val_items, cfg.max_len))
+    meta = read_meta(cfg.model)
+    report["initialised_from"] = {"path": cfg.model, "stage": meta.get("stage")}
+    return report

@@ -1,0 +1,83 @@
+"""Step1 — supervised fine-tuning (SFT) on labeler-written demonstrations.
+
+Objective: mean cross-entropy of the completion tokens given the prompt; prompt tokens are masked (label -100),
+so the model learns to answer, not to predict the question. Each example is
+`chat_template(prompt) + completion + EOS`; learning to emit EOS is what lets later steps know an answer ended.
+
+`{"messages": [...]}` rows train on the last assistant turn given everything before it (earlier assistant turns
+are context, not targets — a simplification of multi-turn SFT). With `lora_r > 0` only LoRA adapters (peft, all
+linear layers) are trained and then merged, so the saved model is a plain HF model for the next steps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rlhfkit.config import SFTConfig
+from rlhfkit.modeling import check_vocab, load_causal_lm
+from rlhfkit.stages.lm import LMExample, is_finished, train_lm
+from rlhfkit.tokenizer import format_messages, format_prompt, load_tokenizer
+from rlhfkit.training import console
+
+
+def run(cfg: SFTConfig):
+    if cfg.resume and is_finished(cfg.out):
+        console.print(f"[sft] {cfg.out} is already finished; nothing to do")
+        return None
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_causal_lm(cfg.model)
+    check_vocab(model, tokenizer, f"sft --model {cfg.model}")
+    examples = build_examples(load_demonstrations(cfg), tokenizer, cfg.max_len)
+    if cfg.lora_r > 0:
+        model = add_lora(model, cfg)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * len(examples) / (cfg.batch_size * cfg.grad_accum))
+    console.print(f"[sft] {len(examples)} demonstrations, {steps} steps")
+    return train_lm(cfg, model, tokenizer, examples, steps, "sft", {"stage": "sft", "chat": True})
+
+
+def load_demonstrations(cfg: SFTConfig) -> list[tuple[str, str] | list[dict]]:
+    """(prompt, completion) pairs, or message lists."""
+    if cfg.data == "world":
+        from rlhfkit.world import demonstrations
+
+        return [(d["prompt"], d["completion"]) for d in demonstrations()]
+    from rlhfkit.data import load_sft
+
+    return [
+        row.messages if row.messages else (row.prompt, row.completion) for row in load_sft(Path(cfg.data))
+    ]
+
+
+def build_examples(demos, tokenizer, max_len: int) -> list[LMExample]:
+    """Tokenize context and answer separately (as at sampling time) and mask the context's labels."""
+    examples = []
+    for demo in demos:
+        if isinstance(demo, tuple):
+            context, answer = format_prompt(tokenizer, demo[0]), demo[1]
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        else:
+            context, answer = format_messages(tokenizer, demo)
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        ids = (context_ids + answer_ids)[:max_len]
+        labels = ([-100] * len(context_ids) + answer_ids)[:max_len]
+        if all(label == -100 for label in labels):
+            raise ValueError(
+                f"a demonstration's prompt alone fills max_len={max_len} tokens; raise --max-len"
+            )
+        examples.append(LMExample(ids, labels))
+    return examples
+
+
+def add_lora(model, cfg: SFTConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

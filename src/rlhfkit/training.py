@@ -1,0 +1,248 @@
+"""What every stage's training loop shares: devices and precision (accelerate), the LR schedule, atomic
+checkpoints with resume, and metrics (metrics.jsonl + TensorBoard + a rich progress bar).
+
+The loops themselves live in `stages/`, one readable file per stage; nothing here knows about an algorithm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rlhfkit.modeling import replace_dir
+
+console = Console(stderr=True)
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (NaN loss, bad state); the message names the step and the quantity."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(
+    mixed_precision: str = "auto", grad_accum: int = 1, cpu: bool | None = None
+) -> Accelerator:
+    """One Accelerator per stage. 'auto' = bf16 where it pays (measured ~1.3-3x on CPU, native on Ampere+)."""
+    AcceleratorState._reset_state(True)  # the pipeline runs several stages in one process
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if mixed_precision == "auto":
+        bf16_ok = cpu or torch.cuda.is_bf16_supported()
+        mixed_precision = "bf16" if bf16_ok else "fp16"
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
+):
+    """Linear warm-up, then cosine decay to min_ratio · lr."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
+    """AdamW; no weight decay on norms and biases (1-d parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def check_finite(step: int, **values: float) -> None:
+    """Stop with a message naming the step and the quantity instead of training on NaN."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"step {step}: {name} = {value}; stopping. The last good checkpoint is kept — "
+                "lower the learning rate or check the data, then run again with --resume"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: accelerate's state (model, optimizers, schedulers, RNG) + our own JSON, written atomically.
+
+
+def save_checkpoint(
+    accelerator: Accelerator, out_dir: str | Path, step: int, extra: dict | None = None
+) -> None:
+    """Write to a temp dir, then rename over the old checkpoint: a kill mid-save keeps the last good one."""
+    out_dir = Path(out_dir)
+    final, tmp = out_dir / CHECKPOINT_DIR, out_dir / f".{CHECKPOINT_DIR}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from a run killed mid-save
+        out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)  # internal resume state
+    if accelerator.is_main_process:
+        state = {"step": step, **(extra or {})}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, ensure_ascii=False, indent=2))
+        replace_dir(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, out_dir: str | Path) -> dict | None:
+    """Restore everything `save_checkpoint` wrote; None when there is no checkpoint to resume from."""
+    ckpt = Path(out_dir) / CHECKPOINT_DIR
+    if not (ckpt / "trainer_state.json").exists():
+        return None
+    accelerator.load_state(str(ckpt))
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def remove_checkpoint(out_dir: str | Path) -> None:
+    """Once the final model is saved the resume state is no longer needed (it doubles the disk use)."""
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics: one JSON line per logged step, the same scalars in TensorBoard, and a live progress bar.
+
+
+class Tracker:
+    """metrics.jsonl + TensorBoard + rich progress for one stage. Use as a context manager."""
+
+    def __init__(
+        self, out_dir: str | Path, stage: str, total_steps: int, start_step: int = 0, enabled: bool = True
+    ):
+        self.out_dir = Path(out_dir)
+        self.stage = stage
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self.start_time = time.time()
+        self.writer = None
+        self.progress = None
+        self.start_step = start_step
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # A resumed run appends: metrics.jsonl keeps the whole history, rows after the checkpoint are dropped.
+        self._truncate_metrics_after(self.start_step)
+        self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(
+            log_dir=str(self.out_dir / "tensorboard"), purge_step=self.start_step or None
+        )
+        self.progress = Progress(
+            TextColumn(f"[bold]{self.stage:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            self.stage, total=self.total_steps, completed=self.start_step, status=""
+        )
+        return self
+
+    def _truncate_metrics_after(self, step: int) -> None:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line and json.loads(line)["step"] <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float], show: tuple[str, ...] = ()) -> None:
+        """Record scalars for `step`; `show` picks the few that the progress bar displays."""
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time() - self.start_time, 3)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"{self.stage}/{key}", float(value), step)
+        status = "  ".join(f"{k} {float(metrics[k]):.3g}" for k in show if k in metrics)
+        self.progress.update(self.task, status=status)
+
+    def advance(self, step: int) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=step)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """Sample answers etc. in TensorBoard's text tab."""
+        if self.enabled:
+            self.writer.add_text(f"{self.stage}/{tag}", text, step)
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        self.progress.stop()
+        self.writer.close()
+        self.metrics_file.close()
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def batch_indices(n_items: int, batch_size: int, batch_number: int, seed: int) -> list[int]:
+    """Items of the `batch_number`-th batch of an endless stream of seeded shuffles (one per epoch).
+
+    A pure function of its arguments, so a resumed run (or another process, given its own batch numbers)
+    reads exactly the batches the uninterrupted run would have read.
+    """
+    start = batch_number * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_items)
+        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(batch_size - len(out), n_items - offset)
+        out.extend(perm[offset : offset + take].tolist())
+    return out
+
+
+def microbatch_numbers(step: int, grad_accum: int, accelerator: Accelerator) -> list[int]:
+    """Global batch numbers this process reads at optimizer step `step` (accumulation × data parallelism)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    return [(step * grad_accum + m) * world + rank for m in range(grad_accum)]
+
+
+def sync_gradients_if(accelerator: Accelerator, model, last_microbatch: bool):
+    """Skip the DDP all-reduce on all but the last micro-batch of an accumulated step."""
+    return contextlib.nullcontext() if last_microbatch else accelerator.no_sync(model)
