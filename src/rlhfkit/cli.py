@@ -17,6 +17,13 @@ STAGES: dict[str, tuple[type, str, str]] = {
         "Step0: pretrain a language model on raw text",
     ),
     "sft": (C.SFTConfig, "rlhfkit.stages.sft:run", "Step1: supervised fine-tuning on demonstrations"),
+    "label": (
+        C.LabelConfig,
+        "rlhfkit.stages.label:run",
+        "Step2 data: sample K answers per prompt, rank them",
+    ),
+    "reward": (C.RewardConfig, "rlhfkit.stages.reward:run", "Step2: reward model on K-wise rankings"),
+    "ppo": (C.PPOConfig, "rlhfkit.stages.ppo:run", "Step3: PPO / PPO-ptx (--ptx-coef) / RLOO (--algo rloo)"),
 }
 
 
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     C.add_arguments(gen, GenerateArgs)
     chat = sub.add_parser("chat", help="talk to a model interactively")
     C.add_arguments(chat, GenerateArgs)
+    score = sub.add_parser("score", help="reward of one or more responses to a prompt")
+    C.add_arguments(score, C.ScoreArgs)
     world = sub.add_parser("world", help="the embedded world (data + judge)")
     world_sub = world.add_subparsers(dest="world_command", required=True)
     export = world_sub.add_parser("export", help="write the world's data as JSONL")
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             _generate(C.from_args(GenerateArgs, args))
         elif args.command == "chat":
             _chat(C.from_args(GenerateArgs, args))
+        elif args.command == "score":
+            _score(C.from_args(C.ScoreArgs, args))
         elif args.command == "world":
             from rlhfkit.world import export_world
 
@@ -124,6 +135,21 @@ def _generate(args: GenerateArgs) -> None:
     )
     for prompt, (answer, ended) in zip(repeated, answers):
         print(f"> {prompt}\n{answer}{'' if ended else ' …[no EOS]'}\n")
+
+
+def _score(args: C.ScoreArgs) -> None:
+    from rlhfkit.modeling import check_vocab, load_reward_model
+    from rlhfkit.stages.reward import score_responses
+    from rlhfkit.tokenizer import load_tokenizer
+
+    if not args.prompt or not args.response:
+        raise ValueError("give --prompt TEXT and --response TEXT [TEXT ...]")
+    tokenizer = load_tokenizer(args.reward_model)
+    model = load_reward_model(args.reward_model, tokenizer.pad_token_id).eval()
+    check_vocab(model, tokenizer, args.reward_model)
+    rewards = score_responses(model, tokenizer, [args.prompt] * len(args.response), args.response)
+    for response, reward in zip(args.response, rewards.tolist()):
+        print(f"{reward:+.3f}  {response}")
 
 
 def _chat(args: GenerateArgs) -> None:

@@ -124,6 +124,61 @@ class RewardConfig(TrainArgs):
 
 
 @dataclass
+class PPOConfig(TrainArgs):
+    """Step3: PPO (ptx_coef = 0) or PPO-ptx (ptx_coef > 0) against the frozen reward model."""
+
+    out: str = arg("runs/ppo", "output directory")
+    policy: str = arg("runs/sft", "initial policy (the SFT model); also the frozen reference π_SFT")
+    ref_policy: str | None = arg(None, "reference policy for the KL penalty; default: --policy")
+    reward_model: str = arg("runs/reward", "frozen reward model (Step2)")
+    value_model: str | None = arg(None, "initial value model; default: the reward model (InstructGPT)")
+    prompts: str = arg(
+        "world", "RL prompts: {'prompt'} JSONL/dataset, or 'world' (the RL split, disjoint from SFT/RM)"
+    )
+    ptx_data: str = arg("world", "pretraining text for the ptx term: {'text'} file or 'world'")
+    ptx_coef: float = arg(0.0, "γ: weight of the pretraining LM loss (0 = PPO, > 0 = PPO-ptx)")
+    ptx_batch_size: int = arg(8, "pretraining blocks per PPO minibatch")
+    algo: str = arg("ppo", "ppo | rloo (critic-free, k samples per prompt, leave-one-out baseline)")
+    rloo_k: int = arg(4, "RLOO: samples per prompt")
+    iterations: int = arg(40, "rollout → update iterations")
+    batch_size: int = arg(64, "prompts per rollout")
+    mini_batch_size: int = arg(16, "episodes per PPO minibatch")
+    ppo_epochs: int = arg(2, "passes over each rollout")
+    lr: float = arg(1e-4, "policy learning rate")
+    vf_lr: float = arg(3e-4, "value model learning rate")
+    warmup_steps: int = arg(0, "LR warm-up (optimizer steps)")
+    kl_coef: float = arg(0.05, "β: per-token KL penalty against the reference policy")
+    kl_estimator: str = arg("k1", "k1 | k3 (Schulman's unbiased, always ≥ 0) | k2 | abs")
+    adaptive_kl: bool = arg(False, "adapt β towards target_kl (Ziegler et al. 2019)")
+    target_kl: float = arg(4.0, "adaptive KL: target KL per episode (nats)")
+    kl_horizon: int = arg(2000, "adaptive KL: horizon in episodes")
+    cliprange: float = arg(0.2, "ε of the clipped surrogate")
+    cliprange_value: float = arg(0.2, "clip range of the value loss")
+    vf_coef: float = arg(0.5, "value loss weight")
+    gamma: float = arg(1.0, "discount γ_rl")
+    lam: float = arg(0.95, "GAE λ")
+    whiten_rewards: bool = arg(False, "whiten the per-token rewards of each rollout (keeps the mean)")
+    scale_rewards: bool = arg(True, "divide RM scores by the RM's reward_std measured on demonstrations")
+    whiten_advantages: bool = arg(True, "whiten advantages per rollout")
+    missing_eos_penalty: float = arg(1.0, "subtracted from the score of a response that never emitted EOS")
+    ema_decay: float = arg(
+        0.992, "EMA of policy weights saved as the final model (InstructGPT: 0.992; 0 = off)"
+    )
+    shared_trunk: bool = arg(False, "value head on the policy's trunk instead of a separate value model")
+    lora_r: int = arg(
+        0, "LoRA rank for the policy (0 = full); the reference is then the policy with adapters off"
+    )
+    lora_alpha: int = arg(16, "LoRA alpha")
+    temperature: float = arg(1.0, "sampling temperature; logprobs are taken at the same temperature")
+    top_p: float = arg(1.0, "nucleus sampling mass (1 = plain sampling, as PPO assumes)")
+    max_new_tokens: int = arg(64, "maximum response length")
+    max_len: int = arg(128, "ptx block length")
+    save_every: int = arg(10, "checkpoint every N iterations (0 = only at the end)")
+    log_every: int = arg(1, "log every N iterations")
+    sample_every: int = arg(10, "write sample answers to TensorBoard/samples.jsonl every N iterations")
+
+
+@dataclass
 class ScoreArgs:
     reward_model: str = arg("runs/reward", "reward model directory")
     prompt: str = arg(None, "the prompt")

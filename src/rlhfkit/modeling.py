@@ -104,20 +104,28 @@ def backbone(model: PreTrainedModel) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: the first real token of each row is position 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def per_token_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Scalar head on every position: (B, T). Values for PPO; reward = this at the last non-pad token."""
-    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = backbone(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).last_hidden_state
     return scalar_head(model)(hidden).squeeze(-1)
 
 
 def last_token_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Reward r(x, y): the head at the last non-pad token of each row (right padding). (B,)"""
+    """Reward r(x, y): the head at the last real token of each row (left or right padding). (B,)"""
     scores = per_token_scores(model, input_ids, attention_mask)  # (B, T)
-    last = attention_mask.long().sum(-1) - 1  # (B,)
+    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * cols).argmax(-1)  # (B,) rightmost real token
     return scores.gather(1, last.unsqueeze(1)).squeeze(1)
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.losses import token_logprobs
+from rlhfkit.modeling import position_ids
 
 
 @dataclass
@@ -45,11 +46,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
     return ids, mask
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: the first real token is position 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

@@ -1,0 +1,455 @@
+"""Step3 — PPO and PPO-ptx against the frozen reward model (InstructGPT §3.5; the seed's objective).
+
+    objective(φ) = E_(x,y)~π_RL [ r(x,y) − β·log(π_RL(y|x) / π_SFT(y|x)) ] + γ·E_x~D_pretrain [ log π_RL(x) ]
+
+One iteration:
+  1. rollout   — sample one answer per RL prompt from the policy (KV cache, temperature T, stop at EOS);
+  2. score     — reward model on prompt+answer (last token), minus `missing_eos_penalty` if no EOS;
+                 log-probs of the policy (π_old) and reference (π_SFT) and the values, one forward each;
+  3. rewards   — per token: −β·KL_t (k1 or k3 estimate); the RM score is added at the last token (EOS);
+  4. advantages— GAE(γ_rl, λ) from the value model; returns = advantages + values; advantages whitened;
+  5. update    — `ppo_epochs` passes over minibatches of the clipped surrogate L^CLIP + vf_coef · clipped value
+                 loss, plus ptx_coef · LM loss on a batch of pretraining text in the same step (PPO-ptx;
+                 ptx_coef = 0 is plain PPO);
+  6. β update  — fixed, or adaptive towards target_kl (Ziegler et al. 2019).
+
+Implementation details, each switchable in PPOConfig (names follow TRL):
+  value model initialised from the reward model (InstructGPT) · RM scores divided by the RM's reward std
+  (`scale_rewards`) · optional reward whitening · advantage whitening · clipped value loss · gradient clipping ·
+  KL estimator k1/k3 · fixed/adaptive KL · EMA of policy weights (0.992, InstructGPT) saved as the final model ·
+  dropout off (the models stay in eval mode) · log-probs at the sampling temperature · separate value model or a
+  value head on the policy trunk (`shared_trunk`) · LoRA policy whose reference is the same weights with the
+  adapters disabled (one copy instead of two).
+`--algo rloo` replaces the critic with RLOO's leave-one-out baseline over k samples per prompt (same rollout,
+same clipped policy loss, same KL-shaped reward, summed per sequence).
+
+Deviations from InstructGPT: tiny models and minutes instead of 256k episodes; rewards are scaled by the RM's std;
+the per-iteration RNG is derived from (seed, iteration) so that --resume continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.losses import (
+    entropy_from_logits,
+    gae,
+    kl_penalty,
+    lm_loss,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+    whiten,
+)
+from rlhfkit.modeling import (
+    backbone,
+    check_vocab,
+    last_token_scores,
+    load_causal_lm,
+    load_reward_model,
+    per_token_scores,
+    position_ids,
+    save_model,
+    scalar_head,
+)
+from rlhfkit.rollout import SampleBatch, decode_responses, encode_prompts, response_logprobs, sample
+from rlhfkit.stages.lm import collate, is_finished
+from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.training import (
+    Tracker,
+    batch_indices,
+    check_finite,
+    console,
+    cosine_schedule,
+    load_checkpoint,
+    make_accelerator,
+    remove_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+
+
+def run(cfg: PPOConfig, reward_fn=None):
+    """Train; `reward_fn(prompts, responses, ended) -> (B,) tensor` replaces the reward model (tests, toy rewards)."""
+    out = Path(cfg.out)
+    if cfg.resume and is_finished(out):
+        console.print(f"[{cfg.algo}] {out} is already finished; nothing to do")
+        return None
+    if cfg.algo not in ("ppo", "rloo"):
+        raise ValueError(f"ppo --algo {cfg.algo!r}: use 'ppo' or 'rloo'")
+    seed_everything(cfg.seed)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    device = accelerator.device
+
+    # The four models: policy (trained), reference (frozen), reward (frozen), value (trained, from the RM).
+    tokenizer = load_tokenizer(cfg.policy)
+    policy = load_causal_lm(cfg.policy)
+    check_vocab(policy, tokenizer, f"ppo --policy {cfg.policy}")
+    policy.eval()  # dropout off during RL: sampling and training see the same network
+    ref_policy = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(
+            policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
+        )
+    else:
+        ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
+    reward_model = None
+    if reward_fn is None:
+        reward_model = (
+            load_reward_model(cfg.reward_model, tokenizer.pad_token_id)
+            .eval()
+            .requires_grad_(False)
+            .to(device)
+        )
+        check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}")
+    value_model = None
+    if cfg.algo == "ppo":
+        value_model = make_value_model(cfg, policy, tokenizer)
+    prompts = load_rl_prompts(cfg.prompts)
+    ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
+
+    n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
+    episodes = n_prompts * (cfg.rloo_k if cfg.algo == "rloo" else 1)
+    steps_per_iteration = cfg.ppo_epochs * -(-episodes // cfg.mini_batch_size)
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if value_model is not None:
+        groups.append({"params": [p for p in value_model.parameters() if p.requires_grad], "lr": cfg.vf_lr})
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.iterations * steps_per_iteration)
+    kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
+    ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if value_model is not None and not cfg.shared_trunk:
+        policy, value_model, optimizer, scheduler = accelerator.prepare(
+            policy, value_model, optimizer, scheduler
+        )
+    else:
+        policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+        value_model = value_model.to(device) if value_model is not None else None
+    accelerator.register_for_checkpointing(kl_ctl)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if cfg.shared_trunk and value_model is not None:
+        accelerator.register_for_checkpointing(value_model)
+
+    start = 0
+    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+        start = state["step"]
+        console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
+
+    stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
+    with Tracker(out, stage, cfg.iterations, start, enabled=accelerator.is_main_process) as tracker:
+        for it in range(start, cfg.iterations):
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)  # exact resume
+            # 1. rollout
+            number = it * accelerator.num_processes + accelerator.process_index
+            batch_prompts = [prompts[i] for i in batch_indices(len(prompts), n_prompts, number, cfg.seed)]
+            if cfg.algo == "rloo":
+                batch_prompts = batch_prompts * cfg.rloo_k  # (k, P) layout of losses.rloo_advantages
+            unwrapped = accelerator.unwrap_model(policy)
+            batch = sample(
+                unwrapped,
+                encode_prompts(tokenizer, batch_prompts, chat=True),
+                tokenizer.eos_token_id,
+                tokenizer.pad_token_id,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                cfg.top_p,
+                generator,
+            )
+            texts = decode_responses(tokenizer, batch)
+            mask = batch.response_mask.float()  # (B, R)
+
+            # 2. score the episodes: one forward each, no grad
+            with torch.no_grad(), accelerator.autocast():
+                old_logprobs = response_logprobs(policy, batch, cfg.temperature)  # (B, R)
+                ref_logprobs = reference_logprobs(policy, ref_policy, batch, cfg.temperature)  # (B, R)
+                old_values = values_of(value_model, policy, batch, cfg) if value_model is not None else None
+                scores = score_episodes(reward_model, reward_fn, batch, batch_prompts, texts, cfg)  # (B,)
+
+            # 3. rewards: −β·KL per token, the RM score at the last token
+            kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
+            last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
+            rewards = -kl_ctl.value * kl
+            rewards[torch.arange(len(last)), last] += scores
+            if cfg.whiten_rewards:
+                rewards = whiten(rewards, mask, shift_mean=False)
+
+            # 4. advantages
+            if cfg.algo == "ppo":
+                advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            else:  # RLOO: one return per sequence, baseline = mean of the other k−1 samples of the prompt
+                advantages = rloo_advantages(rewards.sum(1), cfg.rloo_k).unsqueeze(1) * mask
+                returns = None
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages, mask)
+
+            # 5. update: ppo_epochs passes over shuffled minibatches
+            stats: dict[str, list[float]] = {}
+            for epoch in range(cfg.ppo_epochs):
+                order = torch.randperm(
+                    len(last), generator=torch.Generator().manual_seed(cfg.seed + 7919 * it + epoch)
+                )
+                for mb in order.split(cfg.mini_batch_size):
+                    mb_batch = minibatch(batch, mb)
+                    w = mb_batch.response_mask.shape[1]  # response columns this minibatch uses
+                    mb_mask = mask[mb, :w]
+                    with accelerator.autocast():
+                        logprobs, logits = response_logprobs(
+                            policy, mb_batch, cfg.temperature, return_logits=True
+                        )
+                        pg_loss, pg_stats = ppo_policy_loss(
+                            logprobs, old_logprobs[mb, :w], advantages[mb, :w], mb_mask, cfg.cliprange
+                        )
+                        loss = pg_loss
+                        record(
+                            stats,
+                            pg_loss=pg_loss,
+                            entropy=masked_mean(entropy_from_logits(logits), mb_mask),
+                            **pg_stats,
+                        )
+                        if value_model is not None:
+                            values = values_of(value_model, policy, mb_batch, cfg)
+                            v_loss, v_stats = ppo_value_loss(
+                                values, old_values[mb, :w], returns[mb, :w], mb_mask, cfg.cliprange_value
+                            )
+                            loss = loss + cfg.vf_coef * v_loss
+                            record(stats, v_loss=v_loss, **v_stats)
+                        if ptx_blocks is not None:
+                            ptx = ptx_batch(ptx_blocks, cfg, it, epoch, mb, tokenizer.pad_token_id, device)
+                            ptx_loss = lm_loss(
+                                policy(
+                                    input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
+                                ).logits.float(),
+                                ptx["labels"],
+                            )
+                            loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
+                            record(stats, ptx_loss=ptx_loss)
+                    check_finite(it, loss=loss.item())
+                    accelerator.backward(loss)
+                    accelerator.clip_grad_norm_(optimizer_params(optimizer), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(accelerator.unwrap_model(policy))
+
+            # 6. β, metrics, samples, checkpoint
+            episode_kl = kl.sum(1).mean().item()
+            kl_ctl.update(episode_kl, len(last))
+            done = it + 1
+            metrics = {
+                "reward": scores.mean().item(),
+                "kl": episode_kl,
+                "kl_coef": kl_ctl.value,
+                "non_score_reward": rewards.sum().item() / len(last) - scores.mean().item(),
+                "response_length": mask.sum(1).mean().item(),
+                "eos_fraction": batch.ended.float().mean().item(),
+                "lr": scheduler.get_last_lr()[0],
+                **{k: sum(v) / len(v) for k, v in stats.items()},
+            }
+            check_finite(it, reward=metrics["reward"], kl=episode_kl)
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                tracker.log(done, metrics, show=("reward", "kl", "clipfrac", "response_length"))
+            if (
+                cfg.sample_every
+                and (done % cfg.sample_every == 0 or done == 1)
+                and accelerator.is_main_process
+            ):
+                log_samples(out, tracker, done, batch_prompts, texts, scores)
+            tracker.advance(done)
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
+                save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value})
+
+    final = accelerator.unwrap_model(policy)
+    if ema is not None:
+        ema.copy_to(final)
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()
+    if accelerator.is_main_process:
+        save_model(
+            final,
+            tokenizer,
+            out,
+            stage=stage,
+            chat=True,
+            complete=True,
+            iterations=cfg.iterations,
+            ptx_coef=cfg.ptx_coef,
+            kl_coef=kl_ctl.value,
+            algo=cfg.algo,
+        )
+        if value_model is not None and not cfg.shared_trunk:
+            save_model(
+                accelerator.unwrap_model(value_model), None, out / "value_model", stage="value", complete=True
+            )
+        remove_checkpoint(out)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers, in the order the loop uses them.
+
+
+def make_value_model(cfg: PPOConfig, policy, tokenizer):
+    """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's."""
+    source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
+    if not cfg.shared_trunk:
+        return load_reward_model(source, tokenizer.pad_token_id).eval()
+    head = nn.Linear(policy.config.hidden_size, 1, bias=True)
+    nn.init.zeros_(head.bias)
+    if source and Path(source).exists():
+        rm_head = scalar_head(load_reward_model(source, tokenizer.pad_token_id))
+        if rm_head.weight.shape == head.weight.shape:
+            head.weight.data.copy_(rm_head.weight.data)
+    return head
+
+
+def load_rl_prompts(source: str) -> list[str]:
+    if source == "world":
+        from rlhfkit.world import split_prompts
+
+        return [task.prompt for task in split_prompts()["rl"]]
+    from rlhfkit.data import load_prompts
+
+    return [p.prompt for p in load_prompts(source)]
+
+
+def load_ptx_blocks(cfg: PPOConfig, tokenizer):
+    from rlhfkit.config import PretrainConfig
+    from rlhfkit.stages.pretrain import load_texts, pack
+
+    return pack(load_texts(PretrainConfig(data=cfg.ptx_data)), tokenizer, cfg.max_len)
+
+
+def reference_logprobs(policy, ref_policy, batch: SampleBatch, temperature: float) -> torch.Tensor:
+    """log π_SFT of the sampled tokens; with LoRA, the policy itself with its adapters switched off."""
+    if ref_policy is not None:
+        return response_logprobs(ref_policy, batch, temperature)
+    with policy.disable_adapter():
+        return response_logprobs(policy, batch, temperature)
+
+
+def values_of(value_model, policy, batch: SampleBatch, cfg: PPOConfig) -> torch.Tensor:
+    """V(s_t) for each response token t: the head at the position just before the token. (B, R)"""
+    P = batch.prompt_width
+    if cfg.shared_trunk:
+        trunk = backbone(policy)
+        hidden = trunk(
+            input_ids=batch.sequences,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids(batch.attention_mask),
+        ).last_hidden_state
+        return value_model(hidden.float()).squeeze(-1)[:, P - 1 : -1]
+    return per_token_scores(value_model, batch.sequences, batch.attention_mask).float()[:, P - 1 : -1]
+
+
+def score_episodes(
+    reward_model, reward_fn, batch: SampleBatch, prompts, texts, cfg: PPOConfig
+) -> torch.Tensor:
+    """RM score of prompt+answer (shifted to demonstration mean 0, optionally divided by its std), EOS penalty."""
+    if reward_fn is not None:
+        scores = torch.as_tensor(reward_fn(prompts, texts, batch.ended.tolist()), dtype=torch.float32)
+    else:
+        config = reward_model.config
+        scores = last_token_scores(reward_model, batch.sequences, batch.attention_mask).float()
+        scores = scores + float(getattr(config, "reward_bias", 0.0) or 0.0)
+        if cfg.scale_rewards:
+            scores = scores / float(getattr(config, "reward_std", 1.0) or 1.0)
+    return scores.to(batch.sequences.device) - cfg.missing_eos_penalty * (~batch.ended).float()
+
+
+def minibatch(batch: SampleBatch, index: torch.Tensor) -> SampleBatch:
+    """Rows `index` of a rollout, with response columns nobody in the minibatch uses trimmed."""
+    width = int(batch.response_mask[index].sum(1).max())
+    P = batch.prompt_width
+    return replace(
+        batch,
+        sequences=batch.sequences[index, : P + width],
+        attention_mask=batch.attention_mask[index, : P + width],
+        response_mask=batch.response_mask[index, :width],
+        ended=batch.ended[index],
+    )
+
+
+def ptx_batch(blocks, cfg: PPOConfig, it: int, epoch: int, mb: torch.Tensor, pad_id: int, device):
+    number = (it * cfg.ppo_epochs + epoch) * 1000 + int(mb[0])  # deterministic, different each minibatch
+    batch = collate(
+        [blocks[i] for i in batch_indices(len(blocks), cfg.ptx_batch_size, number, cfg.seed + 1)], pad_id
+    )
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def optimizer_params(optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def record(stats: dict[str, list[float]], **values) -> None:
+    for key, value in values.items():
+        stats.setdefault(key, []).append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
+
+def log_samples(out: Path, tracker: Tracker, step: int, prompts, texts, scores, n: int = 4) -> None:
+    rows = [
+        {"step": step, "prompt": p, "response": t, "score": round(float(s), 4)}
+        for p, t, s in zip(prompts[:n], texts[:n], scores[:n])
+    ]
+    with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tracker.text(
+        step, "samples", "\n\n".join(f"**{r['prompt']}** → {r['response']} ({r['score']})" for r in rows)
+    )
+
+
+class KLController:
+    """β: fixed, or adaptive (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)."""
+
+    def __init__(self, value: float, adaptive: bool, target: float, horizon: int):
+        self.value, self.adaptive, self.target, self.horizon = value, adaptive, target, horizon
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        if self.adaptive:
+            error = max(-0.2, min(0.2, kl / self.target - 1))
+            self.value *= 1 + error * n_episodes / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class EMA:
+    """Exponential moving average of the trainable policy weights (InstructGPT: decay 0.992)."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach().float(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return self.shadow
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
