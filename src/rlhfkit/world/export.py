@@ -1,0 +1,40 @@
+"""Write the embedded world's data as JSONL files in the formats every stage reads."""
+
+import json
+from pathlib import Path
+
+from rlhfkit.world.corpus import heldout_corpus, pretrain_corpus
+from rlhfkit.world.tasks import SEED_PROMPTS, Task, demonstrations, parse_prompt, split_prompts
+
+
+def export_world(out_dir: str | Path, seed: int = 0, n_docs: int = 4000) -> dict[str, int]:
+    """Write pretrain / SFT / prompt-split files under `out_dir`; returns the number of rows per file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = split_prompts(seed)
+    seed_tasks = [parse_prompt(p) for p in SEED_PROMPTS]
+    files = {
+        "pretrain.jsonl": [{"text": t} for t in pretrain_corpus(seed, n_docs)],
+        "pretrain_heldout.jsonl": [{"text": t} for t in heldout_corpus(seed + 12345)],
+        "sft.jsonl": demonstrations(seed),
+        "rm_prompts.jsonl": _prompt_rows(splits["rm"]),
+        "rl_prompts.jsonl": _prompt_rows(splits["rl"]),
+        "eval_prompts.jsonl": _prompt_rows(splits["eval"]),
+        "seed_prompts.jsonl": _prompt_rows(seed_tasks),
+    }
+    for name, rows in files.items():
+        _write_jsonl(out / name, rows)
+    return {name: len(rows) for name, rows in files.items()}
+
+
+def _prompt_rows(tasks: list[Task]) -> list[dict]:
+    return [{"prompt": t.prompt, "family": t.family, "subject": t.subject} for t in tasks]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    # Write to a temporary name first, so a killed export never leaves a half-written file behind.
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
