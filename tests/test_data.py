@@ -342,3 +342,19 @@ def test_write_jsonl_failure_keeps_old_file(tmp_path):
         write_jsonl(path, broken())
     assert load_pretrain(path) == ["old"]
     assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+
+
+def test_sampled_rankings_may_hold_an_empty_answer(tmp_path):
+    # `rlhfkit label` writes "ended"; a model that emitted EOS at once gave an empty answer, which is ranked too.
+    row = {"prompt": "p", "responses": ["a", ""], "ranking": [0, 1], "ended": [True, True]}
+    path = write_lines(tmp_path / "sampled.jsonl", [row])
+    (item,) = load_preferences(path)
+    assert item.responses == ["a", ""] and item.ended == [True, True] and item.pairs() == [(0, 1)]
+
+
+def test_ended_must_be_one_boolean_per_response(tmp_path):
+    row = {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "ended": [True]}
+    path = write_lines(tmp_path / "bad_ended.jsonl", [row])
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert str(info.value).startswith(f'{path}:1: field "ended": [true] is not a list of 2 true/false values')

@@ -24,6 +24,11 @@ STAGES: dict[str, tuple[type, str, str]] = {
     ),
     "reward": (C.RewardConfig, "rlhfkit.stages.reward:run", "Step2: reward model on K-wise rankings"),
     "ppo": (C.PPOConfig, "rlhfkit.stages.ppo:run", "Step3: PPO / PPO-ptx (--ptx-coef) / RLOO (--algo rloo)"),
+    "eval": (
+        C.EvalConfig,
+        "rlhfkit.evaluate:run",
+        "win rates vs SFT judged by the held-out panel, report + figures",
+    ),
 }
 
 
@@ -71,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     C.add_arguments(gen, GenerateArgs)
     chat = sub.add_parser("chat", help="talk to a model interactively")
     C.add_arguments(chat, GenerateArgs)
+    pipe = sub.add_parser(
+        "pipeline", help="Step0 → Step3 and the evaluation on the embedded world, one command"
+    )
+    from rlhfkit.pipeline import PipelineConfig
+
+    C.add_arguments(pipe, PipelineConfig)
     score = sub.add_parser("score", help="reward of one or more responses to a prompt")
     C.add_arguments(score, C.ScoreArgs)
     world = sub.add_parser("world", help="the embedded world (data + judge)")
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             _generate(C.from_args(GenerateArgs, args))
         elif args.command == "chat":
             _chat(C.from_args(GenerateArgs, args))
+        elif args.command == "pipeline":
+            from rlhfkit import pipeline
+
+            pipeline.run(*pipeline.from_namespace(args))
         elif args.command == "score":
             _score(C.from_args(C.ScoreArgs, args))
         elif args.command == "world":

@@ -17,7 +17,9 @@ import yaml
 
 
 def arg(default, help: str):  # noqa: A002 - `help` reads best at the call sites
-    return field(default=default, metadata={"help": help})
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "default": default})
+    return field(default=default, metadata={"help": help, "default": default})
 
 
 @dataclass
@@ -179,6 +181,33 @@ class PPOConfig(TrainArgs):
 
 
 @dataclass
+class EvalConfig:
+    """Win rate of each model against a reference (SFT) on held-out prompts, judged by the held-out panel."""
+
+    out: str = arg("runs/eval", "output directory: report.json, report.md, winrate.png, curves.png")
+    models: list[str] = arg(
+        ["gpt=runs/gpt", "sft=runs/sft", "ppo=runs/ppo"], "NAME=DIR pairs of models to evaluate"
+    )
+    reference: str = arg("sft", "the model every other is compared with (win rate 0.5 by construction)")
+    kl_reference: str | None = arg(None, "model for 'KL to SFT' (default: the reference model)")
+    prompts: str = arg(
+        "world", "eval prompts: {'prompt'} JSONL/dataset, or 'world' (the held-out eval split)"
+    )
+    judge: str | None = arg(None, "reward model that judges when prompts are not from the embedded world")
+    samples_per_prompt: int = arg(2, "answers per prompt and model (more = tighter intervals)")
+    temperature: float = arg(0.7, "sampling temperature of the answers")
+    top_p: float = arg(0.9, "nucleus sampling mass")
+    max_new_tokens: int = arg(64, "maximum answer length")
+    heldout_text: str = arg(
+        "world", "held-out pretraining text for perplexity ('world', a {'text'} file, or '')"
+    )
+    curves: list[str] = arg(
+        [], "extra NAME=DIR runs whose metrics.jsonl go into curves.png (e.g. reward=runs/reward)"
+    )
+    seed: int = arg(0, "sampling seed (the same for every model)")
+
+
+@dataclass
 class ScoreArgs:
     reward_model: str = arg("runs/reward", "reward model directory")
     prompt: str = arg(None, "the prompt")
@@ -208,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = types[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {f.metadata.get('default')})"
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text

@@ -362,7 +362,10 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
             f"has {k} response(s), a ranking needs K >= 2",
             "Give at least two responses to compare",
         )
-    responses = [_text(location, f"responses[{i}]", response) for i, response in enumerate(responses)]
+    # Sampled data (rows that carry "ended", as `rlhfkit label` writes) may hold an empty answer: a model that
+    # stopped at once really said nothing, and labelers rank that too. Hand-written rows may not.
+    sampled = _has(record, "ended")
+    responses = [_text(location, f"responses[{i}]", r, allow_empty=sampled) for i, r in enumerate(responses)]
 
     if _has(record, "ranking") and _has(record, "ranks"):
         raise _error(
@@ -496,14 +499,14 @@ def _field(location: str, record: dict, key: str) -> Any:
     return record[key]
 
 
-def _text(location: str, name: str, value: Any) -> str:
+def _text(location: str, name: str, value: Any, allow_empty: bool = False) -> str:
     if value is None:
         raise _error(location, name, "is missing or null", "Give the text as a non-empty string")
     if not isinstance(value, str):
         raise _error(
             location, name, f"expected a string, got {_describe(value)}", "Give the text as a JSON string"
         )
-    if not value.strip():
+    if not value.strip() and not allow_empty:
         raise _error(location, name, "is empty", "Give non-blank text, or remove the row")
     return value
 

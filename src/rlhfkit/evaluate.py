@@ -84,3 +84,259 @@ def reward_model_vs_gold(model, tokenizer, items: list[Ranked], max_len: int) ->
         "accuracy_by_dimension": {d: {"accuracy": c / n, "pairs": n} for d, (c, n) in by_dim.items() if n},
         "n_panel_pairs": n_pairs,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Policies: win rate against a reference model, gold score, KL to SFT, pretraining perplexity (alignment tax).
+
+
+def bootstrap_ci(values: list[float], groups: list[int], n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95% interval of the mean, resampling prompts (a prompt's samples stay together)."""
+    by_group: dict[int, list[float]] = {}
+    for v, g in zip(values, groups):
+        by_group.setdefault(g, []).append(v)
+    sums = torch.tensor([sum(v) for v in by_group.values()], dtype=torch.float64)
+    counts = torch.tensor([len(v) for v in by_group.values()], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(sums), (n_boot, len(sums)), generator=gen)
+    means = sums[idx].sum(1) / counts[idx].sum(1)
+    return [float(means.quantile(0.025)), float(means.quantile(0.975))]
+
+
+@torch.no_grad()
+def kl_to_reference(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> float:
+    """KL(π ‖ π_ref) per answer: mean over samples y ~ π (T = 1) of Σ_t log π(y_t) − log π_ref(y_t)."""
+    from rlhfkit.rollout import encode_prompts, response_logprobs, sample
+
+    generator = torch.Generator().manual_seed(seed)
+    total, n = 0.0, 0
+    for i in range(0, len(prompts), 64):
+        batch = sample(
+            model,
+            encode_prompts(tokenizer, prompts[i : i + 64], chat=True),
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            max_new_tokens,
+            1.0,
+            1.0,
+            generator,
+        )
+        logratio = (
+            response_logprobs(model, batch) - response_logprobs(ref_model, batch)
+        ) * batch.response_mask
+        total += logratio.sum().item()
+        n += len(batch.ended)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], block: int = 128, batch_size: int = 32) -> float:
+    """exp(mean token cross-entropy) on held-out pretraining text: what RLHF costs the LM (alignment tax)."""
+    from rlhfkit.losses import lm_loss
+    from rlhfkit.stages.lm import collate
+    from rlhfkit.stages.pretrain import pack
+
+    blocks = pack(texts, tokenizer, block)
+    total, n = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        batch = collate(blocks[i : i + batch_size], tokenizer.pad_token_id)
+        loss = lm_loss(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(),
+            batch["labels"],
+        )
+        k = len(blocks[i : i + batch_size])
+        total, n = total + loss.item() * k, n + k
+    return float(torch.exp(torch.tensor(total / n)))
+
+
+def parse_named(pairs: list[str]) -> dict[str, str]:
+    named = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"eval: {pair!r} should be NAME=DIR, e.g. ppo=runs/demo/ppo")
+        named[name] = path
+    return named
+
+
+def run(cfg):
+    """`rlhfkit eval`: sample, judge, measure; write report.json, report.md and the figures."""
+    import json
+    import time
+    from pathlib import Path
+
+    from rlhfkit.modeling import is_chat_model, load_causal_lm
+    from rlhfkit.rollout import generate_answers
+    from rlhfkit.tokenizer import load_tokenizer
+    from rlhfkit.training import console
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = parse_named(cfg.models)
+    if cfg.reference not in models:
+        raise ValueError(f"eval --reference {cfg.reference!r} is not one of --models {list(models)}")
+    prompts, families, judge = load_eval_prompts(cfg)
+    n = cfg.samples_per_prompt
+    repeated = [p for p in prompts for _ in range(n)]
+    group = [i for i in range(len(prompts)) for _ in range(n)]
+    seed_prompts = seed_prompt_list(cfg)
+    tokenizer = load_tokenizer(models[cfg.reference])
+    kl_ref = load_causal_lm(cfg.kl_reference or models[cfg.reference]).eval()
+    heldout = heldout_texts(cfg.heldout_text)
+
+    answers, seed_answers, report_models, seconds = {}, {}, {}, {}
+    for name, path in models.items():
+        start = time.time()
+        with console.status(f"[eval] {name}: sampling {len(repeated)} answers"):
+            model = load_causal_lm(path).eval()
+            chat = is_chat_model(path)
+            answers[name] = generate_answers(
+                model, tokenizer, repeated, chat, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed
+            )
+            seed_answers[name] = (
+                generate_answers(
+                    model,
+                    tokenizer,
+                    seed_prompts,
+                    chat,
+                    cfg.max_new_tokens,
+                    cfg.temperature,
+                    cfg.top_p,
+                    cfg.seed,
+                )
+                if seed_prompts
+                else []
+            )
+            stats = {
+                "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
+                "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
+                "kl_to_sft": kl_to_reference(model, kl_ref, tokenizer, prompts, cfg.max_new_tokens, cfg.seed)
+                if chat
+                else None,
+                "pretrain_ppl": perplexity(model, tokenizer, heldout) if heldout else None,
+                "chat": chat,
+                "path": path,
+            }
+        report_models[name] = stats
+        seconds[name] = round(time.time() - start, 2)
+
+    reference = answers[cfg.reference]
+    for name, stats in report_models.items():
+        wins = [judge(p, a, reference[i]) for i, (p, a) in enumerate(zip(repeated, answers[name]))]
+        stats["win_rate"] = sum(wins) / len(wins)
+        stats["win_rate_ci"] = bootstrap_ci(wins, group, seed=cfg.seed)
+        gold = gold_scores(repeated, answers[name])
+        if gold:
+            stats["gold_score"] = sum(g.total for g in gold) / len(gold)
+            stats["gold_dims"] = {d: sum(g.dims[d] for g in gold) / len(gold) for d in gold[0].dims}
+        stats["by_family"] = by_family(families, wins, gold, n)
+        console.print(
+            f"[eval] {name:<10} win rate vs {cfg.reference} {stats['win_rate']:.3f} "
+            f"[{stats['win_rate_ci'][0]:.3f}, {stats['win_rate_ci'][1]:.3f}]"
+            + (f"  gold {stats['gold_score']:.2f}" if gold else "")
+        )
+
+    report = {
+        "models": report_models,
+        "reference": cfg.reference,
+        "n_prompts": len(prompts),
+        "samples_per_prompt": n,
+        "judge": "held-out panel (embedded world)" if cfg.judge is None else f"reward model {cfg.judge}",
+        "seconds": seconds,
+        "seed_prompts": {
+            p: {name: seed_answers[name][i][0] for name in models} for i, p in enumerate(seed_prompts)
+        },
+        "examples": [
+            {"prompt": repeated[i], **{name: answers[name][i][0] for name in models}}
+            for i in range(0, len(repeated), max(1, len(repeated) // 8))
+        ],
+    }
+    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    from rlhfkit.report import write_figures, write_markdown
+
+    write_markdown(report, out / "report.md")
+    write_figures(report, parse_named(cfg.curves) | models, out)
+    console.print(f"[eval] wrote {out}/report.json, report.md, winrate.png, curves.png")
+    return report
+
+
+def load_eval_prompts(cfg):
+    """(prompts, families, judge): the world's eval split and panel, or a user file judged by a reward model."""
+    if cfg.prompts == "world" and cfg.judge is None:
+        from rlhfkit.world import eval_panel, split_prompts
+
+        tasks = split_prompts()["eval"]
+        panel = eval_panel()
+
+        def judge(prompt, a, b):
+            return panel.compare(prompt, a[0], a[1], b[0], b[1])
+
+        return [t.prompt for t in tasks], [t.family for t in tasks], judge
+    if cfg.judge is None:
+        raise ValueError("eval: prompts outside the embedded world need --judge REWARD_MODEL_DIR")
+    from rlhfkit.data import load_prompts
+    from rlhfkit.modeling import load_reward_model
+    from rlhfkit.stages.reward import score_responses
+    from rlhfkit.tokenizer import load_tokenizer
+
+    rows = list(load_prompts(cfg.prompts)) if cfg.prompts != "world" else None
+    if rows is None:
+        from rlhfkit.world import split_prompts
+
+        prompts, families = (
+            [t.prompt for t in split_prompts()["eval"]],
+            [t.family for t in split_prompts()["eval"]],
+        )
+    else:
+        prompts, families = [r.prompt for r in rows], [str(r.meta.get("family", "all")) for r in rows]
+    judge_tokenizer = load_tokenizer(cfg.judge)
+    judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id).eval()
+
+    def judge(prompt, a, b):
+        ra, rb = score_responses(
+            judge_model, judge_tokenizer, [prompt, prompt], [a[0], b[0]], [a[1], b[1]]
+        ).tolist()
+        return 0.5 if ra == rb else float(ra > rb)
+
+    return prompts, families, judge
+
+
+def seed_prompt_list(cfg) -> list[str]:
+    if cfg.prompts != "world":
+        return []
+    from rlhfkit.world import SEED_PROMPTS
+
+    return list(SEED_PROMPTS)
+
+
+def heldout_texts(source: str) -> list[str]:
+    if not source:
+        return []
+    if source == "world":
+        from rlhfkit.world import heldout_corpus
+
+        return heldout_corpus()
+    from rlhfkit.data import load_pretrain
+
+    return list(load_pretrain(source))
+
+
+def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
+    """Gold scores where the oracle knows the prompt (embedded world), else []."""
+    from rlhfkit.world import parse_prompt, score
+
+    if any(parse_prompt(p) is None for p in prompts[:1]):
+        return []
+    return [score(p, a, e) for p, (a, e) in zip(prompts, answers)]
+
+
+def by_family(families: list[str], wins: list[float], gold, n: int) -> dict:
+    out: dict[str, dict] = {}
+    for family in sorted(set(families)):
+        idx = [i for i, f in enumerate(families) for _ in range(n)]
+        rows = [j for j, i in enumerate(idx) if families[i] == family]
+        entry = {"win_rate": sum(wins[j] for j in rows) / len(rows), "n": len(rows)}
+        if gold:
+            entry["gold_score"] = sum(gold[j].total for j in rows) / len(rows)
+        out[family] = entry
+    return out

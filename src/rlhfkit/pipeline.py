@@ -1,0 +1,225 @@
+"""`rlhfkit pipeline`: Step0 → Step1 → Step2 → Step3 (PPO and PPO-ptx) → evaluation, on the embedded world.
+
+    data/       the world's corpus, demonstrations and prompt splits (JSONL, editable)
+    gpt/        Step0 pretrained LM            sft/      Step1 SFT policy
+    data/comparisons.jsonl  K answers per RM prompt, ranked by simulated labelers
+    reward/     Step2 reward model             ppo/ ppo_ptx/   Step3 policies
+    eval/       report.json, report.md, winrate.png, curves.png
+
+Every step writes its own directory; `--resume` skips the finished ones and continues an interrupted one from
+its checkpoint, so deleting one step's directory and resuming rebuilds only that step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from rlhfkit import config as C
+from rlhfkit.training import console
+
+# Sizes per preset; anything here can be overridden from a YAML file (section per step).
+PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {  # the test/CI size: every step runs, nothing is learned well (about a minute)
+        "pretrain": {
+            "world_docs": 800,
+            "max_steps": 40,
+            "batch_size": 16,
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 1000,
+            "save_every": 20,
+        },
+        "sft": {"epochs": 1.0, "batch_size": 16},
+        "label": {"k": 4, "max_new_tokens": 24},
+        "reward": {"epochs": 0.5, "batch_size": 8, "eval_every": 10},
+        "ppo": {
+            "iterations": 3,
+            "batch_size": 16,
+            "mini_batch_size": 8,
+            "max_new_tokens": 24,
+            "save_every": 2,
+        },
+        "ppo_ptx": {"ptx_coef": 1.0},
+        "eval": {"samples_per_prompt": 1, "max_new_tokens": 24},
+    },
+    "default": {  # the README's run: a 1.2M-parameter Llama on a 2-core CPU
+        "pretrain": {"max_steps": 300},
+        "sft": {"epochs": 8.0},
+        "label": {"k": 8},
+        "reward": {"epochs": 1.0, "lr": 3e-4},
+        "ppo": {"iterations": 40},
+        "ppo_ptx": {"ptx_coef": 1.0},
+        "eval": {"samples_per_prompt": 2},
+    },
+    "large": {  # more parameters and data: meant for a GPU
+        "pretrain": {
+            "world_docs": 20000,
+            "max_steps": 3000,
+            "hidden_size": 512,
+            "num_layers": 8,
+            "num_heads": 8,
+            "intermediate_size": 1408,
+            "vocab_size": 6000,
+            "batch_size": 64,
+            "lr": 1e-3,
+        },
+        "sft": {"epochs": 6.0, "lr": 3e-4},
+        "label": {"k": 8},
+        "reward": {"epochs": 1.0, "lr": 1e-4},
+        "ppo": {"iterations": 200, "batch_size": 128, "mini_batch_size": 32, "lr": 2e-5, "vf_lr": 1e-4},
+        "ppo_ptx": {"ptx_coef": 1.0},
+        "eval": {"samples_per_prompt": 4},
+    },
+}
+STEP_CONFIGS = {
+    "pretrain": C.PretrainConfig,
+    "sft": C.SFTConfig,
+    "label": C.LabelConfig,
+    "reward": C.RewardConfig,
+    "ppo": C.PPOConfig,
+    "ppo_ptx": C.PPOConfig,
+    "eval": C.EvalConfig,
+}
+METHODS = ("ppo", "ppo_ptx")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole run; per-step settings come from the preset and the YAML file's sections."""
+
+    out: str = C.arg("runs/demo", "run directory")
+    preset: str = C.arg("default", "tiny (tests, ~1 min) | default (the README's run) | large (GPU)")
+    seed: int = C.arg(0, "seed of every step (the world itself is fixed)")
+    methods: list[str] = C.arg(list(METHODS), "Step3 methods to run and compare: ppo ppo_ptx")
+    mixed_precision: str = C.arg("auto", "auto | no | bf16 | fp16, for every step")
+    resume: bool = C.arg(False, "skip finished steps, continue an interrupted one from its checkpoint")
+    print_config: bool = C.arg(False, "print the resolved configuration as YAML and exit")
+
+
+def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, object]:
+    """Step configs: dataclass defaults ← preset ← YAML sections; paths, seed and precision from the pipeline."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"pipeline --preset {cfg.preset!r}: use one of {list(PRESETS)}")
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"pipeline --methods: unknown {unknown}; available: {list(METHODS)}")
+    out = Path(cfg.out)
+    settings = copy.deepcopy(PRESETS[cfg.preset])
+    settings["ppo_ptx"] = {**settings["ppo"], **settings["ppo_ptx"]}
+    for step, values in (overrides or {}).items():
+        if step not in STEP_CONFIGS:
+            raise ValueError(f"pipeline config: unknown section {step!r}; sections: {list(STEP_CONFIGS)}")
+        known = {f.name for f in dataclasses.fields(STEP_CONFIGS[step])}
+        bad = sorted(set(values or {}) - known)
+        if bad:
+            raise ValueError(f"pipeline config: section {step!r} has unknown setting(s) {bad}")
+        settings.setdefault(step, {}).update(values or {})
+    paths = {
+        "pretrain": {"out": out / "gpt"},
+        "sft": {"out": out / "sft", "model": out / "gpt"},
+        "label": {"out": out / "data" / "comparisons.jsonl", "model": out / "sft"},
+        "reward": {"out": out / "reward", "model": out / "sft", "data": out / "data" / "comparisons.jsonl"},
+        "ppo": {"out": out / "ppo", "policy": out / "sft", "reward_model": out / "reward"},
+        "ppo_ptx": {"out": out / "ppo_ptx", "policy": out / "sft", "reward_model": out / "reward"},
+        "eval": {
+            "out": out / "eval",
+            "curves": [f"reward={out / 'reward'}"],
+            "models": [f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods)],
+        },
+    }
+    steps = {}
+    for step, cls in STEP_CONFIGS.items():
+        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in paths[step].items()}
+        values.update(settings.get(step, {}))
+        values["seed"] = cfg.seed
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "mixed_precision" in names:
+            values["mixed_precision"] = cfg.mixed_precision
+        if "resume" in names:
+            values["resume"] = cfg.resume
+        steps[step] = cls(**values)
+    return steps
+
+
+def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
+    steps = resolve(cfg, overrides)
+    out = Path(cfg.out)
+    if cfg.print_config:
+        print(yaml.safe_dump(resolved_dict(cfg, steps), allow_unicode=True, sort_keys=False))
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(resolved_dict(cfg, steps), allow_unicode=True, sort_keys=False)
+    )
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if cfg.resume and timings_path.exists() else {}
+
+    def step(name: str, done: bool, action) -> None:
+        if cfg.resume and done:
+            console.print(f"[pipeline] {name}: finished earlier, skipped")
+            return
+        console.rule(f"[bold]{name}")
+        start = time.time()
+        action()
+        timings[name] = round(time.time() - start, 2)
+        timings_path.write_text(json.dumps(timings, indent=2))
+
+    from rlhfkit.evaluate import run as evaluate
+    from rlhfkit.stages import label, ppo, pretrain, reward, sft
+    from rlhfkit.stages.lm import is_finished
+    from rlhfkit.world import export_world
+
+    step("data", (out / "data" / "eval_prompts.jsonl").exists(), lambda: export_world(out / "data"))
+    step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"]))
+    if not (out / "tokenizer").exists():
+        shutil.copytree(
+            out / "gpt",
+            out / "tokenizer",
+            ignore=lambda d, names: [
+                n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
+            ],
+        )
+    step("sft", is_finished(out / "sft"), lambda: sft.run(steps["sft"]))
+    step("label", (out / "data" / "comparisons.jsonl").exists(), lambda: label.run(steps["label"]))
+    step("reward", is_finished(out / "reward"), lambda: reward.run(steps["reward"]))
+    for method in cfg.methods:
+        step(method, is_finished(out / method), lambda m=method: ppo.run(steps[m]))
+    step("eval", False, lambda: evaluate(steps["eval"]))
+    from rlhfkit.report import write_markdown
+
+    report = json.loads((out / "eval" / "report.json").read_text())
+    report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
+    (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    write_markdown(report, out / "eval" / "report.md", timings)
+    console.print(f"[pipeline] done in {sum(timings.values()):.0f} s — read {out / 'eval' / 'report.md'}")
+    return report
+
+
+def resolved_dict(cfg: PipelineConfig, steps: dict) -> dict:
+    top = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "print_config"}
+    return {**top, **{name: dataclasses.asdict(step) for name, step in steps.items()}}
+
+
+def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
+    """CLI: --config FILE.yaml may hold top-level settings and per-step sections; flags win."""
+    data = {}
+    if getattr(namespace, "config", None):
+        data = yaml.safe_load(Path(namespace.config).read_text(encoding="utf-8")) or {}
+    top_names = {f.name for f in dataclasses.fields(PipelineConfig)}
+    top = {k: v for k, v in data.items() if k in top_names}
+    sections = {k: v for k, v in data.items() if k not in top_names}
+    for f in dataclasses.fields(PipelineConfig):
+        given = getattr(namespace, f.name, None)
+        if given is not None:
+            top[f.name] = given
+    return PipelineConfig(**top), sections

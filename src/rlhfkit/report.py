@@ -1,0 +1,132 @@
+"""What a person reads after a run: report.md (tables, answers side by side), winrate.png, curves.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhfkit.training import read_metrics
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def write_markdown(report: dict, path: Path, timings: dict | None = None) -> None:
+    ref = report["reference"]
+    lines = [
+        "# rlhfkit evaluation",
+        "",
+        f"{report['n_prompts']} held-out prompts × {report['samples_per_prompt']} samples; judge: {report['judge']}; "
+        f"win rate against **{ref}** (ties count ½), 95% bootstrap interval over prompts.",
+        "",
+        "| model | win rate vs "
+        + ref
+        + " | 95% CI | gold score (0–10) | KL to SFT (nats) | pretrain ppl | length (chars) | ends with EOS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["models"].items():
+        lo, hi = m["win_rate_ci"]
+        lines.append(
+            f"| {name} | {_fmt(m['win_rate'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m.get('gold_score'), 2)} | "
+            f"{_fmt(m.get('kl_to_sft'), 2)} | {_fmt(m.get('pretrain_ppl'), 2)} | {m['mean_length']:.1f} | {m['eos_fraction']:.2f} |"
+        )
+    families = sorted({f for m in report["models"].values() for f in m.get("by_family", {})})
+    if families:
+        lines += [
+            "",
+            "## Win rate by prompt family",
+            "",
+            "| model | " + " | ".join(families) + " |",
+            "|---|" + "---|" * len(families),
+        ]
+        for name, m in report["models"].items():
+            cells = [_fmt(m["by_family"].get(f, {}).get("win_rate")) for f in families]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    dims = next((list(m["gold_dims"]) for m in report["models"].values() if m.get("gold_dims")), [])
+    if dims:
+        lines += [
+            "",
+            "## Gold score by dimension (0–1, held-out oracle)",
+            "",
+            "| model | " + " | ".join(dims) + " |",
+            "|---|" + "---|" * len(dims),
+        ]
+        for name, m in report["models"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m["gold_dims"][d], 2) for d in dims) + " |")
+    if timings:
+        lines += ["", "## Wall time per step (seconds)", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {step} | {sec:.1f} |" for step, sec in timings.items()]
+    if report.get("seed_prompts"):
+        lines += ["", "## The seed's prompts, answered by each model", ""]
+        for prompt, by_model in report["seed_prompts"].items():
+            lines += [f"**{prompt}**", "", "| model | answer |", "|---|---|"]
+            lines += [f"| {name} | {_cell(answer)} |" for name, answer in by_model.items()]
+            lines.append("")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _cell(text: str) -> str:
+    return (text or "(empty)").replace("|", "｜").replace("\n", " ")
+
+
+def _chinese_font() -> None:
+    """Use a CJK font if the system has one, so Chinese labels render (figures use English labels otherwise)."""
+    from matplotlib import font_manager, rcParams
+
+    for name in ("Noto Sans CJK SC", "WenQuanYi Zen Hei", "SimHei", "Source Han Sans SC"):
+        if any(f.name == name for f in font_manager.fontManager.ttflist):
+            rcParams["font.sans-serif"] = [name, *rcParams["font.sans-serif"]]
+            return
+
+
+def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _chinese_font()
+    # Win rate vs the reference, in the style of the InstructGPT figure.
+    names = list(report["models"])
+    rates = [report["models"][n]["win_rate"] for n in names]
+    lows = [r - report["models"][n]["win_rate_ci"][0] for n, r in zip(names, rates)]
+    highs = [report["models"][n]["win_rate_ci"][1] - r for n, r in zip(names, rates)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = ["#9e9e9e", "#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860", "#da8bc3"]
+    ax.bar(
+        names,
+        rates,
+        yerr=[lows, highs],
+        capsize=4,
+        color=[colors[i % len(colors)] for i in range(len(names))],
+    )
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"win rate vs {report['reference']}")
+    ax.set_title("Held-out panel preference (95% CI)")
+    fig.tight_layout()
+    fig.savefig(out / "winrate.png", dpi=120)
+    plt.close(fig)
+
+    # Training curves of every step: loss, RM accuracy, reward, KL.
+    panels = [
+        ("loss", "LM loss (pretrain / SFT)"),
+        ("val_accuracy", "reward model val accuracy"),
+        ("reward", "RL reward (RM score)"),
+        ("kl", "KL to SFT per answer"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    for ax, (key, title) in zip(axes, panels):
+        for name, path in runs.items():
+            rows = [r for r in read_metrics(path) if key in r]
+            if key == "loss" and rows and ("reward" in rows[0] or "accuracy" in rows[0]):
+                continue
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
