@@ -65,19 +65,40 @@ def build_default_model(
     return LlamaForCausalLM(config)
 
 
+def from_pretrained(loader, path: str | Path, what: str, **kwargs):
+    """`loader.from_pretrained`, with a missing directory reported as such instead of a hub lookup traceback."""
+    local = Path(path).expanduser()
+    if not local.exists() and (
+        str(path).startswith((".", "/", "~")) or local.parent.is_dir() and str(local.parent) != "."
+    ):
+        raise FileNotFoundError(
+            f"{what} {path!s}: no such directory; give the directory a stage wrote, e.g. runs/demo/sft"
+        )
+    try:
+        return loader.from_pretrained(str(path), **kwargs)
+    except OSError as err:
+        where = "is not a directory here" if not Path(path).exists() else "has no loadable files"
+        raise FileNotFoundError(
+            f"{what} {path!s} {where} (and it could not be fetched as a hub id: {str(err).splitlines()[0]}); "
+            "give the directory a stage wrote, e.g. runs/demo/sft"
+        ) from None
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """Any local HF causal LM directory (or hub id when online)."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return from_pretrained(AutoModelForCausalLM, path, "model", dtype=dtype)
 
 
 def load_reward_model(
     path: str | Path, pad_token_id: int, dtype: torch.dtype = torch.float32
 ) -> PreTrainedModel:
     """A scalar-head model: a trained reward model, or a causal LM whose new head starts at zero-mean noise."""
-    config = AutoConfig.from_pretrained(str(path))
+    config = from_pretrained(AutoConfig, path, "reward model")
     config.num_labels = 1
     config.pad_token_id = pad_token_id  # the head reads the last non-pad token
-    return AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=dtype)
+    return from_pretrained(
+        AutoModelForSequenceClassification, path, "reward model", config=config, dtype=dtype
+    )
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:

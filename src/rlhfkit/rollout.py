@@ -181,8 +181,12 @@ class FastSampler:
             return None
         if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
             return None
-        if not hasattr(model, "lm_head") or model.training:
-            return None
+        if (
+            not hasattr(model, "lm_head")
+            or model.training
+            or not hasattr(getattr(model, "model", None), "layers")
+        ):
+            return None  # e.g. a PeftModel: its adapters live outside these weights, so use the HF forward
         return cls(model)
 
     def _rms(self, x, w):

@@ -65,7 +65,9 @@ def train_tokenizer(
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Any HF tokenizer; makes sure it has an EOS and a PAD token (PAD falls back to EOS, as TRL does)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    from rlhfkit.modeling import from_pretrained
+
+    tokenizer = from_pretrained(AutoTokenizer, path, "tokenizer")
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {path} has no EOS token: rlhfkit needs one to know where answers end")
     if tokenizer.pad_token_id is None:

@@ -30,7 +30,7 @@ from rich.progress import (
 
 from rlhfkit.modeling import replace_dir
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)  # messages hold [stage] prefixes and file[row 3] locations
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -174,15 +174,13 @@ class Tracker:
         return self
 
     def _truncate_metrics_after(self, step: int) -> None:
-        path = self.out_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line and json.loads(line)["step"] <= step
-        ]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        """Rows logged after the checkpoint will be logged again by the resumed run."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.out_dir / name
+            if path.exists():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float], show: tuple[str, ...] = ()) -> None:
         """Record scalars for `step`; `show` picks the few that the progress bar displays."""

@@ -1,0 +1,96 @@
+"""Session fixtures for the stage smoke tests: one tiny pretrained model, an SFT model from it, ranked comparisons
+sampled from the SFT model, and a reward model trained on them — each built once and shared by every test file.
+
+Sizes are the smallest that still learn something measurable (the loss falls, PPO raises a toy reward) so the
+whole default suite stays well inside a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The models here are tiny and overhead-bound: a second intra-op thread buys nothing and, on a busy 2-core
+# machine, spin-waiting threads make each matmul ~20x slower.
+torch.set_num_threads(1)
+
+# The tiny pretrained model every other fixture starts from (see the module docstring).
+TINY_PRETRAIN = dict(
+    world_docs=300,
+    vocab_size=600,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_steps=20,
+    batch_size=8,
+    max_len=64,
+    save_every=0,
+    log_every=1,
+)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt(tmp_path_factory) -> Path:
+    """Step0 on 300 world documents: a 600-token BPE and a 2-layer, 32-wide Llama, 20 steps."""
+    from rlhfkit.config import PretrainConfig
+    from rlhfkit.stages import pretrain
+
+    out = tmp_path_factory.mktemp("gpt")
+    pretrain.run(PretrainConfig(out=str(out), **TINY_PRETRAIN))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tiny_gpt, tmp_path_factory) -> Path:
+    """Step1 on the world's demonstrations, 20 steps of 8."""
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.stages import sft
+
+    out = tmp_path_factory.mktemp("sft")
+    sft.run(
+        SFTConfig(
+            out=str(out),
+            model=str(tiny_gpt),
+            max_steps=20,
+            batch_size=8,
+            max_len=64,
+            log_every=1,
+            save_every=0,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_comparisons(tiny_sft, tmp_path_factory) -> Path:
+    """K=3 answers of the SFT model to each of the world's RM prompts, ranked by the simulated labelers."""
+    from rlhfkit.config import LabelConfig
+    from rlhfkit.stages import label
+
+    out = tmp_path_factory.mktemp("label") / "comparisons.jsonl"
+    label.run(LabelConfig(out=str(out), model=str(tiny_sft), k=3, max_new_tokens=8))
+    return out
+
+
+TINY_REWARD = dict(epochs=2.0, batch_size=16, lr=2e-3, max_len=160, log_every=1, save_every=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward(tiny_sft, tiny_comparisons, tmp_path_factory) -> Path:
+    """Step2: two epochs of the K-wise ranking loss, centred on the world's demonstrations."""
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.stages import reward
+
+    out = tmp_path_factory.mktemp("reward")
+    reward.run(RewardConfig(out=str(out), model=str(tiny_sft), data=str(tiny_comparisons), **TINY_REWARD))
+    return out

@@ -1,0 +1,162 @@
+"""`rlhfkit <command>`: help from the config dataclasses, YAML + flags, generate, and user errors as exit code 2."""
+
+import json
+
+import pytest
+
+import rlhfkit.stages.pretrain
+from conftest import read_jsonl
+from rlhfkit.cli import main
+from rlhfkit.config import PretrainConfig
+
+
+def console_text(capsys) -> str:
+    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
+    captured = capsys.readouterr()
+    return " ".join((captured.out + captured.err).split())
+
+
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        ("pretrain", ["--max-steps", "optimizer steps", "--vocab-size", "--resume", "--no-resume"]),
+        ("sft", ["--lora-r", "LoRA rank"]),
+        ("reward", ["--kwise", "--no-kwise", "--center-rewards-coefficient"]),
+        ("ppo", ["--kl-coef", "--ptx-coef", "--cliprange", "--missing-eos-penalty", "--algo"]),
+        ("pipeline", ["--preset", "--print-config"]),
+    ],
+)
+def test_help_lists_every_field(command, flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in flags:
+        assert flag in out
+    assert "--config" in out
+
+
+def test_pretrain_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {PretrainConfig().max_steps})" in out
+
+
+@pytest.fixture
+def captured_config(monkeypatch):
+    """Replace the pretrain stage with a recorder of the config the CLI built."""
+    seen = []
+    monkeypatch.setattr(rlhfkit.stages.pretrain, "run", seen.append)
+    return seen
+
+
+def test_yaml_values_are_used_and_flags_win(tmp_path, captured_config):
+    path = tmp_path / "pretrain.yaml"
+    path.write_text("max_steps: 7\nlr: 0.01\nout: from_yaml\nresume: true\n", encoding="utf-8")
+    assert main(["pretrain", "--config", str(path), "--lr", "0.5", "--no-resume"]) == 0
+    [cfg] = captured_config
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg.max_steps == 7 and cfg.out == "from_yaml"  # from the file
+    assert cfg.lr == 0.5 and cfg.resume is False  # flags override the file
+    assert cfg.vocab_size == PretrainConfig().vocab_size  # neither: the dataclass default
+
+
+def test_flags_alone(captured_config):
+    assert main(["pretrain", "--max-steps", "3", "--resume", "--out", "x"]) == 0
+    [cfg] = captured_config
+    assert (cfg.max_steps, cfg.resume, cfg.out) == (3, True, "x")
+
+
+def test_unknown_yaml_key_names_the_file_and_key(tmp_path, captured_config, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("max_steps: 7\nmax_stpes: 8\n", encoding="utf-8")
+    assert main(["pretrain", "--config", str(path)]) == 2
+    message = console_text(capsys)
+    assert str(path) in message and "max_stpes" in message
+    assert captured_config == []  # nothing ran
+
+
+def test_yaml_config_runs_a_real_stage(tiny_sft, tmp_path):
+    """label with k and max_new_tokens from YAML, k overridden by a flag."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(
+            json.dumps({"prompt": p}, ensure_ascii=False) for p in ["去重庆玩什么？", "北京有什么好玩的？"]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "ranked.jsonl"
+    path = tmp_path / "label.yaml"
+    path.write_text(
+        f"k: 2\nmax_new_tokens: 4\nprompts: {prompts}\nmodel: {tiny_sft}\nout: {out}\n", encoding="utf-8"
+    )
+    assert main(["label", "--config", str(path), "--k", "3"]) == 0
+    rows = read_jsonl(out)
+    assert [r["prompt"] for r in rows] == ["去重庆玩什么？", "北京有什么好玩的？"]
+    assert all(len(r["responses"]) == 3 and sorted(r["ranking"]) == [0, 1, 2] for r in rows)
+
+
+def test_generate_prints_an_answer(tiny_sft, capsys):
+    prompt = "我想去重庆玩，有哪些好玩的地点呢？"
+    assert main(["generate", "--model", str(tiny_sft), "--prompt", prompt, "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"> {prompt}"
+    assert lines[1].strip()  # an answer (possibly marked as cut off), not an empty line
+    assert "<|" not in out  # special tokens are not printed
+
+
+def test_generate_several_samples_and_greedy(tiny_sft, capsys):
+    args = [
+        "generate",
+        "--model",
+        str(tiny_sft),
+        "--prompt",
+        "你好",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]
+    assert main([*args, "--num-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    answers = [block.split("\n", 1)[1] for block in out.strip().split("\n\n")]
+    assert len(answers) == 2 and answers[0] == answers[1]  # greedy: both samples agree
+
+
+def test_generate_without_a_prompt_is_a_user_error(tiny_sft, capsys):
+    assert main(["generate", "--model", str(tiny_sft)]) == 2
+    assert "--prompt" in console_text(capsys)
+
+
+def test_malformed_sft_data_names_file_and_line(tiny_gpt, tmp_path, capsys):
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        '{"prompt": "去哪玩？", "completion": "重庆。"}\n{"prompt": "去哪玩？", "completion": "成都。"\n',
+        encoding="utf-8",
+    )
+    code = main(["sft", "--model", str(tiny_gpt), "--data", str(data), "--out", str(tmp_path / "sft")])
+    assert code == 2
+    message = console_text(capsys)
+    assert f"{data}:2" in message and "malformed JSON" in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "sft" / "rlhfkit.json").exists()
+
+
+def test_missing_model_dir_is_a_user_error(tmp_path, capsys):
+    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "你好"])
+    assert code == 2
+    assert "nowhere" in console_text(capsys)
+
+
+def test_error_location_in_a_json_array_file_survives_printing(tiny_sft, tmp_path, capsys):
+    path = tmp_path / "prefs.json"
+    rows = [
+        {"prompt": "去哪玩？", "responses": ["重庆。", "不知道"], "ranking": [0, 1]},
+        {"prompt": "去哪玩？", "chosen": "重庆。", "rejected": "重庆。"},
+    ]
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    assert main(["reward", "--data", str(path), "--model", str(tiny_sft), "--out", str(tmp_path / "rm")]) == 2
+    assert f"{path}[row 1]" in console_text(capsys)

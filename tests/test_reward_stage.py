@@ -1,0 +1,166 @@
+"""Step2 on tiny models: simulated labelers rank the SFT model's answers, a reward model learns from the rankings,
+is centred on the demonstrations and saved as a stock sequence-classification model; bad preference files stop at
+the CLI with the file and line."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from conftest import TINY_REWARD, read_jsonl
+from rlhfkit.cli import main
+from rlhfkit.config import RewardConfig
+from rlhfkit.modeling import load_reward_model, read_meta
+from rlhfkit.stages import reward
+from rlhfkit.stages.reward import score_responses
+from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.world import demonstrations, split_prompts
+
+
+def test_label_writes_k_ranked_answers_per_rm_prompt(tiny_comparisons):
+    rows = read_jsonl(tiny_comparisons)
+    rm_prompts = [task.prompt for task in split_prompts()["rm"]]
+    assert [row["prompt"] for row in rows] == rm_prompts
+    for row in rows:
+        assert len(row["responses"]) == 3 and all(isinstance(r, str) for r in row["responses"])
+        assert sorted(row["ranking"]) == [0, 1, 2]
+        assert len(row["ended"]) == 3 and all(isinstance(e, bool) for e in row["ended"])
+    assert len({row["labeler"] for row in rows}) == 5  # prompts go to the labelers in turn
+    # The K answers to a prompt are samples, not one answer repeated.
+    assert sum(len(set(row["responses"])) == 3 for row in rows) > 0.9 * len(rows)
+
+
+def test_label_rows_load_as_preferences(tiny_comparisons):
+    from rlhfkit.data import load_preferences
+
+    items = load_preferences(tiny_comparisons)
+    assert len(items) == len(read_jsonl(tiny_comparisons))
+    assert all(len(item.pairs()) == 3 for item in items)  # C(3, 2), rankings have no ties
+
+
+def test_reward_training_logs_accuracy(tiny_reward):
+    rows = read_jsonl(tiny_reward / "metrics.jsonl")
+    steps = math.ceil(TINY_REWARD["epochs"] * 261 / TINY_REWARD["batch_size"])  # 290 prompts, 10% held out
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    assert all(0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["loss"]) for r in rows)
+    last = rows[-1]
+    for key in ("val_accuracy", "train_accuracy", "val_loss", "train_loss"):
+        assert key in last and math.isfinite(last[key])
+    # The ranking loss starts at log 2 (a fresh, nearly-zero head) and goes down; the model fits its data.
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.005
+    assert last["train_accuracy"] > 0.6
+
+
+def test_reward_model_is_a_stock_hf_model(tiny_reward):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward, num_labels=1)
+    assert model.config.num_labels == 1
+    assert isinstance(model.config.reward_bias, float) and math.isfinite(model.config.reward_bias)
+    assert isinstance(model.config.reward_std, float) and model.config.reward_std > 0
+    meta = read_meta(tiny_reward)
+    assert meta["stage"] == "reward" and meta["complete"] is True and meta["kwise"] is True
+    assert meta["reward_bias"] == model.config.reward_bias and meta["reward_std"] == model.config.reward_std
+    assert not (tiny_reward / "checkpoint").exists()
+
+
+def test_reward_eval_report(tiny_reward):
+    report = json.loads((tiny_reward / "eval.json").read_text())
+    for key in ("val_accuracy", "panel_agreement", "inter_labeler_agreement", "train_accuracy"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert -1.0 <= report["spearman_reward_vs_gold"] <= 1.0
+    assert report["n_val_rankings"] == 29 and report["n_val_pairs"] == 3 * 29
+    by_dim = report["accuracy_by_dimension"]
+    assert by_dim and all(0.0 <= d["accuracy"] <= 1.0 and d["pairs"] > 0 for d in by_dim.values())
+    assert sum(d["pairs"] for d in by_dim.values()) <= report["n_panel_pairs"]
+    assert report["initialised_from"]["stage"] == "sft"
+
+
+def test_reward_is_centred_on_the_demonstrations(tiny_reward):
+    tokenizer = load_tokenizer(tiny_reward)
+    model = load_reward_model(tiny_reward, tokenizer.pad_token_id).eval()
+    demos = demonstrations()
+    scores = score_responses(
+        model,
+        tokenizer,
+        [d["prompt"] for d in demos],
+        [d["completion"] for d in demos],
+        max_len=TINY_REWARD["max_len"],
+    )
+    assert abs(scores.mean().item()) < 1e-3
+    assert scores.std().item() == pytest.approx(model.config.reward_std, rel=1e-3)
+    assert model.config.reward_bias != 0.0  # the shift was needed and stored, not an accident of the head
+
+
+def test_score_responses_is_last_token_head_plus_bias(tiny_reward):
+    """A response scored alone or inside a padded batch gets the same reward; the bias is added once."""
+    tokenizer = load_tokenizer(tiny_reward)
+    model = load_reward_model(tiny_reward, tokenizer.pad_token_id).eval()
+    prompts = ["我想去重庆玩，有哪些好玩的地点呢？"] * 3
+    responses = ["洪崖洞。", "重庆有洪崖洞、解放碑和磁器口，都很好玩。", "不知道"]
+    batch = score_responses(model, tokenizer, prompts, responses, [True, True, False])
+    alone = torch.cat(
+        [
+            score_responses(model, tokenizer, [p], [r], [e])
+            for p, r, e in zip(prompts, responses, [True, True, False])
+        ]
+    )
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
+    model.config.reward_bias = 0.0
+    unbiased = score_responses(model, tokenizer, prompts, responses, [True, True, False])
+    torch.testing.assert_close(batch - unbiased, torch.full((3,), read_meta(tiny_reward)["reward_bias"]))
+
+
+def test_pairwise_ablation_runs(tiny_sft, tiny_comparisons, tmp_path):
+    out = tmp_path / "pairs"
+    reward.run(
+        RewardConfig(
+            out=str(out),
+            model=str(tiny_sft),
+            data=str(tiny_comparisons),
+            kwise=False,
+            max_steps=4,
+            batch_size=8,
+            max_len=96,
+            log_every=1,
+            demonstrations="",
+        )
+    )
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert "val_accuracy" in rows[-1]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["kwise"] is False and read_meta(out)["kwise"] is False
+    assert (report["reward_bias"], report["reward_std"]) == (0.0, 1.0)  # no demonstrations: no centring
+    AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+
+
+GOOD = {"prompt": "去哪玩？", "responses": ["重庆。", "不知道"], "ranking": [0, 1]}
+BAD_ROWS = {
+    "not a permutation": (
+        {"prompt": "去哪玩？", "responses": ["a", "b", "c"], "ranking": [0, 0, 1]},
+        "ranking",
+    ),
+    "K < 2": ({"prompt": "去哪玩？", "responses": ["a"], "ranking": [0]}, "K >= 2"),
+    "null response": ({"prompt": "去哪玩？", "responses": ["a", None], "ranking": [1, 0]}, "responses[1]"),
+    "missing rejected": ({"prompt": "去哪玩？", "chosen": "重庆。"}, '"rejected": is missing'),
+    "chosen == rejected": ({"prompt": "去哪玩？", "chosen": "重庆。", "rejected": "重庆。"}, "identical"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_preference_file_names_file_and_line(case, tiny_sft, tmp_path, capsys):
+    row, problem = BAD_ROWS[case]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in (GOOD, GOOD, row)) + "\n", encoding="utf-8"
+    )
+    code = main(["reward", "--data", str(path), "--model", str(tiny_sft), "--out", str(tmp_path / "rm")])
+    assert code == 2
+    captured = capsys.readouterr()
+    message = " ".join((captured.out + captured.err).split())  # the console may wrap long lines
+    assert f"{path}:3" in message
+    assert problem in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "rm" / "rlhfkit.json").exists()

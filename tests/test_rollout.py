@@ -1,0 +1,220 @@
+import pytest
+import torch
+import transformers
+from transformers import LlamaConfig
+
+from rlhfkit.modeling import position_ids
+from rlhfkit.rollout import FastSampler, left_pad, response_logprobs, sample, sample_token
+
+VOCAB = 97
+# Prompts of different lengths, so the batch is left-padded (row 1 by 4 columns, row 2 by 2).
+PROMPTS = [[5, 17, 33, 2, 71, 9], [40, 8], [11, 12, 13, 14]]
+PAD = 0
+
+
+def tiny_config(cls=LlamaConfig, **overrides):
+    # A large init scale gives sharp attention and logits of order 1, so a wrong mask, position or RoPE
+    # shows far above the 1e-4 tolerance.
+    values = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+        pad_token_id=PAD,
+        tie_word_embeddings=False,
+    )
+    values.update(overrides)
+    return cls(**values)
+
+
+def build(config):
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    return model
+
+
+CONFIGS = {
+    "llama": lambda: tiny_config(),
+    "llama-gqa": lambda: tiny_config(num_key_value_heads=2),
+    "llama-mqa-tied": lambda: tiny_config(num_key_value_heads=1, tie_word_embeddings=True),
+}
+if hasattr(transformers, "Qwen2Config"):
+    # Qwen2 adds q/k/v biases to the Llama block.
+    CONFIGS["qwen2-gqa"] = lambda: tiny_config(transformers.Qwen2Config, num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+    return build(CONFIGS[request.param]())
+
+
+def hf_last_logits(model, ids, mask):
+    with torch.no_grad():
+        return (
+            model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1].float()
+        )
+
+
+def test_fast_sampler_is_used_for_llama_family(model):
+    assert isinstance(FastSampler.for_model(model), FastSampler)
+    model.train()
+    try:
+        assert FastSampler.for_model(model) is None  # a model in training mode samples through HF
+    finally:
+        model.eval()
+
+
+def test_fast_sampler_matches_hf_forward(model):
+    """Prefill of a left-padded batch, then three decoded tokens: the same logits as the HF forward."""
+    ids, mask = left_pad(PROMPTS, PAD)
+    assert (mask == 0).any()  # the batch really is padded
+    step = FastSampler.for_model(model).stepper(ids, mask, max_new_tokens=4)
+    fast = step(None)
+    torch.testing.assert_close(fast, hf_last_logits(model, ids, mask), atol=1e-4, rtol=0)
+    assert fast.std() > 0.5  # logits of order 1: the comparison is not trivially small numbers
+    for new in ([3, 50, 96], [96, 1, 7], [20, 20, 20]):
+        token = torch.tensor(new)
+        fast = step(token)
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones(len(new), 1, dtype=mask.dtype)], 1)
+        torch.testing.assert_close(fast, hf_last_logits(model, ids, mask), atol=1e-4, rtol=0)
+
+
+def test_fast_sampler_ignores_padding(model):
+    """A prompt gives the same next-token logits alone as inside a padded batch."""
+    ids, mask = left_pad(PROMPTS, PAD)
+    batch = FastSampler.for_model(model).stepper(ids, mask, 1)(None)
+    for i, prompt in enumerate(PROMPTS):
+        alone_ids, alone_mask = left_pad([prompt], PAD)
+        alone = FastSampler.for_model(model).stepper(alone_ids, alone_mask, 1)(None)
+        torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
+
+
+def greedy(model, eos_id, fast, max_new_tokens=8):
+    # Sampling at temperature 0 still takes the generator, as PPO passes it; it must not matter.
+    generator = torch.Generator().manual_seed(1234)
+    return sample(model, PROMPTS, eos_id, PAD, max_new_tokens, 0.0, 1.0, generator, fast=fast)
+
+
+def test_fast_and_hf_sampling_agree(model):
+    fast = greedy(model, eos_id=-1, fast=True)  # an EOS that never comes: full-length greedy answers
+    slow = greedy(model, eos_id=-1, fast=False)
+    assert torch.equal(fast.sequences, slow.sequences)
+    assert torch.equal(fast.attention_mask, slow.attention_mask)
+    assert fast.responses.shape == (3, 8)
+    assert not fast.ended.any() and bool(fast.response_mask.all())
+
+
+def test_sampling_stops_at_eos(model):
+    """Pick as EOS a token row 0 emits and row 1 never does: row 0 stops, row 1 runs to max_new_tokens."""
+    full = greedy(model, eos_id=-1, fast=True).responses.tolist()
+    candidates = [t for t in full[0] if t not in full[1] and t != PAD]
+    assert candidates, f"greedy answers too similar to build the test: {full}"
+    eos = candidates[0]
+    first_eos = [row.index(eos) if eos in row else None for row in full]
+
+    for fast in (True, False):
+        batch = greedy(model, eos, fast)
+        assert batch.responses.shape[1] == 8  # row 1 never ends: the batch runs to the limit
+        assert batch.ended.tolist() == [i is not None for i in first_eos]
+        for row, stop in enumerate(first_eos):
+            mask = batch.response_mask[row].tolist()
+            tokens = batch.responses[row].tolist()
+            if stop is None:
+                assert mask == [1] * 8 and tokens == full[row]
+            else:
+                # up to and including the first EOS; pad after it
+                assert mask == [1] * (stop + 1) + [0] * (8 - stop - 1)
+                assert tokens[: stop + 1] == full[row][: stop + 1]
+                assert tokens[stop + 1 :] == [PAD] * (8 - stop - 1)
+        prompt_mask = batch.attention_mask[:, : batch.prompt_width]
+        assert torch.equal(batch.attention_mask[:, batch.prompt_width :], batch.response_mask)
+        assert prompt_mask.sum(1).tolist() == [len(p) for p in PROMPTS]
+
+
+def test_batch_stops_when_every_row_ended(model):
+    """Row k's prompt is row 0's prompt plus its first k greedy tokens, so with EOS = row 0's token j every row
+    ends, row k after j - k + 1 tokens; the response columns are trimmed to the longest answer."""
+    base = PROMPTS[0]
+    cont = sample(model, [base], -1, PAD, 8, 0.0).responses[0].tolist()
+    j = next(j for j in range(2, 8) if cont[j] not in cont[:j])
+    prompts = [base, base + cont[:1], base + cont[:2]]
+    for fast in (True, False):
+        batch = sample(model, prompts, cont[j], PAD, 8, 0.0, fast=fast)
+        assert batch.ended.tolist() == [True, True, True]
+        assert batch.responses.shape[1] == j + 1
+        assert batch.response_mask.sum(1).tolist() == [j + 1, j, j - 1]
+        assert batch.responses[0].tolist() == cont[: j + 1]
+
+
+def test_response_logprobs_match_unpadded_forward(model):
+    """log π(y_t | x, y_<t) of a padded batch equals log_softmax of the HF logits of each row run alone."""
+    generator = torch.Generator().manual_seed(0)
+    batch = sample(
+        model, PROMPTS, eos_id=7, pad_id=PAD, max_new_tokens=6, temperature=1.0, generator=generator
+    )
+    T = 0.7
+    logprobs = response_logprobs(model, batch, temperature=T)
+    assert logprobs.shape == batch.response_mask.shape
+    for i, prompt in enumerate(PROMPTS):
+        n = int(batch.response_mask[i].sum())
+        response = batch.responses[i, :n].tolist()
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float() / T
+        expected = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1].gather(
+            1, torch.tensor(response)[:, None]
+        )
+        torch.testing.assert_close(logprobs[i, :n], expected.squeeze(1), atol=1e-4, rtol=0)
+
+
+def test_sample_token_top_p_keeps_the_nucleus():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    logits = probs.log().repeat(4000, 1)
+    generator = torch.Generator().manual_seed(0)
+    tokens = sample_token(logits, 1.0, 0.7, generator)
+    # sorted: 0.5, 0.3 | 0.15, 0.05 -> {1, 3} is the smallest set with mass >= 0.7
+    assert set(tokens.tolist()) == {1, 3}
+    share = (tokens == 1).float().mean().item()
+    assert share == pytest.approx(0.5 / 0.8, abs=0.03)  # renormalised inside the nucleus
+
+
+def test_sample_token_top_p_below_the_top_token_is_greedy():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(500, 1)
+    tokens = sample_token(logits, 1.0, 0.3, torch.Generator().manual_seed(0))
+    assert set(tokens.tolist()) == {1}
+
+
+def test_sample_token_full_distribution_and_greedy():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    tokens = sample_token(probs.log().repeat(20000, 1), 1.0, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)
+    assert sample_token(probs.log()[None], 0.0, 0.5, None).tolist() == [3]
+
+
+def test_sample_token_temperature_sharpens():
+    logits = torch.tensor([0.0, 1.0]).repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    hot = (sample_token(logits, 1.0, 1.0, generator) == 1).float().mean().item()
+    cold = (sample_token(logits, 0.25, 1.0, generator) == 1).float().mean().item()
+    assert hot == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.015)
+    assert cold == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), abs=0.015)
+
+
+def test_sampling_an_eval_mode_lora_policy():
+    """A peft-wrapped policy in eval mode must sample from the adapted weights (or fall back to HF)."""
+    peft = pytest.importorskip("peft")
+    policy = peft.get_peft_model(
+        build(tiny_config()), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    ).eval()
+    for name, param in policy.named_parameters():
+        if "lora_B" in name:  # adapters that change the output
+            torch.nn.init.normal_(param, std=0.5)
+    fast = greedy(policy, eos_id=-1, fast=True)
+    slow = greedy(policy, eos_id=-1, fast=False)
+    assert torch.equal(fast.sequences, slow.sequences)

@@ -1,0 +1,238 @@
+"""Step0 (pretrain) and Step1 (SFT) on tiny models: something is learned, what is saved loads as a stock HF model,
+and an interrupted run resumes to exactly the weights and metrics of an uninterrupted one."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import rlhfkit.stages.lm
+from conftest import TINY_PRETRAIN, read_jsonl
+from rlhfkit.config import PretrainConfig, SFTConfig
+from rlhfkit.modeling import check_vocab, read_meta
+from rlhfkit.stages import pretrain, sft
+from rlhfkit.stages.sft import build_examples
+from rlhfkit.tokenizer import format_prompt, load_tokenizer
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+# --- Step0 ----------------------------------------------------------------------------------------------------
+
+
+def test_pretrain_loss_falls(tiny_gpt):
+    rows = read_jsonl(tiny_gpt / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, TINY_PRETRAIN["max_steps"] + 1))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.2
+    assert all(r["tokens"] == TINY_PRETRAIN["batch_size"] * TINY_PRETRAIN["max_len"] for r in rows)  # packed
+
+
+def test_pretrain_saves_a_stock_hf_model(tiny_gpt):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt)
+    assert model.config.model_type == "llama"
+    assert model.config.hidden_size == TINY_PRETRAIN["hidden_size"]
+    assert model.config.num_hidden_layers == TINY_PRETRAIN["num_layers"]
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) <= TINY_PRETRAIN["vocab_size"]
+    meta = json.loads((tiny_gpt / "rlhfkit.json").read_text())
+    assert meta["chat"] is False and meta["stage"] == "pretrain" and meta["complete"] is True
+    assert not (tiny_gpt / "checkpoint").exists()  # resume state removed once the model is saved
+    ids = tokenizer("重庆有洪崖洞。", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_pretrained_model_beats_a_fresh_one(tiny_gpt):
+    """20 steps already beat the uniform guess: loss below log(vocab)."""
+    rows = read_jsonl(tiny_gpt / "metrics.jsonl")
+    vocab = len(AutoTokenizer.from_pretrained(tiny_gpt))
+    assert rows[-1]["loss"] < torch.log(torch.tensor(float(vocab))).item()
+
+
+def resume_config(out: Path, tiny_gpt: Path, **kw) -> PretrainConfig:
+    values = {**TINY_PRETRAIN, "max_steps": 12, "save_every": 4}
+    values.update(kw)
+    return PretrainConfig(out=str(out), tokenizer=str(tiny_gpt), **values)
+
+
+def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, monkeypatch, capsys):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    pretrain.run(resume_config(straight, tiny_gpt))
+
+    calls = []
+    real_loss = rlhfkit.stages.lm.lm_loss
+
+    def loss_interrupted_at_step_9(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_9)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.run(resume_config(interrupted, tiny_gpt))
+    state = json.loads((interrupted / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 8
+    assert not (interrupted / "rlhfkit.json").exists()  # no final model yet
+    assert [r["step"] for r in read_jsonl(interrupted / "metrics.jsonl")] == list(range(1, 9))
+
+    capsys.readouterr()
+    pretrain.run(resume_config(interrupted, tiny_gpt, resume=True))
+    assert "at step 8" in " ".join(capsys.readouterr().err.split())
+    assert without_time(read_jsonl(interrupted / "metrics.jsonl")) == without_time(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    a, b = weights(straight), weights(interrupted)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+    assert read_meta(interrupted)["complete"] is True
+    assert not (interrupted / "checkpoint").exists()
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_gpt, monkeypatch):
+    before = (tiny_gpt / "model.safetensors").stat().st_mtime_ns
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a finished stage was loaded again")
+
+    monkeypatch.setattr(pretrain, "load_texts", must_not_load)
+    assert pretrain.run(PretrainConfig(out=str(tiny_gpt), resume=True)) is None
+    assert (tiny_gpt / "model.safetensors").stat().st_mtime_ns == before
+
+
+def tiny_llama_dir(path: Path, tokenizer, vocab_size: int) -> Path:
+    """A model directory made with plain transformers, as a user would bring one."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_vocab_mismatch_names_both_sizes(tiny_gpt, tmp_path):
+    tokenizer = load_tokenizer(tiny_gpt)
+    small = tiny_llama_dir(tmp_path / "small", tokenizer, vocab_size=100)
+    with pytest.raises(ValueError, match=rf"{len(tokenizer)} tokens.*embedding table has 100"):
+        sft.run(SFTConfig(out=str(tmp_path / "out"), model=str(small), max_steps=1))
+    with pytest.raises(ValueError, match=rf"where: the tokenizer has {len(tokenizer)} tokens.* has 100"):
+        check_vocab(AutoModelForCausalLM.from_pretrained(small), tokenizer, "where")
+    check_vocab(AutoModelForCausalLM.from_pretrained(tiny_gpt), tokenizer, "fine")  # matching sizes pass
+
+
+# --- Step1 ----------------------------------------------------------------------------------------------------
+
+
+def test_build_examples_masks_the_prompt(tiny_gpt):
+    tokenizer = load_tokenizer(tiny_gpt)
+    prompt, completion = "我想去重庆玩，有哪些好玩的地点呢？", "重庆有洪崖洞。"
+    [example] = build_examples([(prompt, completion)], tokenizer, max_len=64)
+    context = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert example.input_ids == context + answer
+    assert example.labels == [-100] * len(context) + answer
+    assert tokenizer.decode(example.input_ids) == f"<|user|>{prompt}<|assistant|>{completion}<|endoftext|>"
+
+
+def test_build_examples_trains_on_the_last_turn_only(tiny_gpt):
+    tokenizer = load_tokenizer(tiny_gpt)
+    messages = [
+        {"role": "user", "content": "去哪玩？"},
+        {"role": "assistant", "content": "重庆。"},
+        {"role": "user", "content": "还有呢？"},
+        {"role": "assistant", "content": "成都。"},
+    ]
+    [example] = build_examples([messages], tokenizer, max_len=64)
+    targets = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
+    assert [label for label in example.labels if label != -100] == targets
+    assert tokenizer.decode(targets) == "成都。<|endoftext|>"
+    assert targets[-1] == tokenizer.eos_token_id
+    n_context = example.labels.index(targets[0])
+    assert all(label == -100 for label in example.labels[:n_context])
+
+
+def test_build_examples_truncates_and_rejects_prompt_only(tiny_gpt):
+    tokenizer = load_tokenizer(tiny_gpt)
+    prompt = "我想去重庆玩，有哪些好玩的地点呢？"
+    n_context = len(tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+    [example] = build_examples([(prompt, "重庆有洪崖洞。" * 10)], tokenizer, max_len=n_context + 3)
+    assert len(example.input_ids) == len(example.labels) == n_context + 3
+    assert sum(label != -100 for label in example.labels) == 3
+    with pytest.raises(ValueError, match="max_len"):
+        build_examples([(prompt, "重庆")], tokenizer, max_len=n_context)
+
+
+def test_sft_loss_falls_and_saves_a_chat_model(tiny_sft):
+    rows = read_jsonl(tiny_sft / "metrics.jsonl")
+    assert len(rows) == 20
+    assert mean(r["loss"] for r in rows[-3:]) < mean(r["loss"] for r in rows[:3])
+    assert all(0 < r["tokens"] < 8 * 64 for r in rows)  # completion tokens only
+    meta = read_meta(tiny_sft)
+    assert meta["chat"] is True and meta["stage"] == "sft" and meta["complete"] is True
+    AutoModelForCausalLM.from_pretrained(tiny_sft)
+    assert AutoTokenizer.from_pretrained(tiny_sft).chat_template
+
+
+def test_sft_with_lora_saves_a_merged_model(tiny_gpt, tmp_path):
+    out = tmp_path / "lora"
+    sft.run(
+        SFTConfig(
+            out=str(out),
+            model=str(tiny_gpt),
+            lora_r=4,
+            max_steps=6,
+            batch_size=8,
+            max_len=64,
+            lr=1e-2,
+            log_every=1,
+        )
+    )
+    assert not (out / "adapter_config.json").exists()
+    merged, base = weights(out), weights(tiny_gpt)
+    assert not any("lora" in name for name in merged)
+    assert merged.keys() == base.keys()
+    changed = [n for n in base if not torch.equal(merged[n], base[n])]
+    assert any("q_proj" in n for n in changed)  # the adapters were trained and merged in
+    assert not any("embed" in n or "norm" in n for n in changed)  # only the linear layers had adapters
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert len(read_jsonl(out / "metrics.jsonl")) == 6
+
+
+def test_sft_accepts_a_plain_hf_model_dir(tiny_gpt, tmp_path):
+    tokenizer = load_tokenizer(tiny_gpt)
+    model_dir = tiny_llama_dir(tmp_path / "hf", tokenizer, vocab_size=len(tokenizer))
+    assert not (model_dir / "rlhfkit.json").exists()
+    out = tmp_path / "sft"
+    sft.run(SFTConfig(out=str(out), model=str(model_dir), max_steps=3, batch_size=4, max_len=64, log_every=1))
+    assert read_meta(out)["chat"] is True
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_key_value_heads == 1  # the user's architecture, not the default model
+    assert not torch.equal(
+        weights(out)["lm_head.weight"], load_file(str(model_dir / "model.safetensors"))["lm_head.weight"]
+    )
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
