@@ -45,6 +45,8 @@ class GenerateArgs:
     top_p: float = C.arg(0.9, "nucleus sampling mass")
     seed: int = C.arg(0, "sampling seed")
     num_samples: int = C.arg(1, "answers per prompt")
+    best_of_n: int = C.arg(1, "sample n answers and keep the reward model's favourite (needs --reward-model)")
+    reward_model: str | None = C.arg(None, "reward model for --best-of-n")
 
 
 def quiet_libraries() -> None:
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         # Errors the user can cause are raised with a message that says what and where; no deep traceback.
         from rlhfkit.training import console
 
-        console.print(f"[bold red]error:[/] {err}")
+        console.print("error:", style="bold red", end=" ")
+        console.print(str(err))
         return 2
     return 0
 
@@ -145,9 +148,29 @@ def _generate(args: GenerateArgs) -> None:
         raise ValueError("give --prompt TEXT (one or more) or --prompts-file FILE.jsonl")
     model, tokenizer, chat = _load_for_generation(args)
     repeated = [p for p in prompts for _ in range(args.num_samples)]
-    answers = generate_answers(
-        model, tokenizer, repeated, chat, args.max_new_tokens, args.temperature, args.top_p, args.seed
-    )
+    if args.best_of_n > 1:
+        from rlhfkit.evaluate import best_of_n
+        from rlhfkit.modeling import load_reward_model
+
+        if not args.reward_model:
+            raise ValueError("generate --best-of-n needs --reward-model DIR")
+        reward_model = load_reward_model(args.reward_model, tokenizer.pad_token_id).eval()
+        answers = best_of_n(
+            model,
+            reward_model,
+            tokenizer,
+            repeated,
+            args.best_of_n,
+            chat,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+        )
+    else:
+        answers = generate_answers(
+            model, tokenizer, repeated, chat, args.max_new_tokens, args.temperature, args.top_p, args.seed
+        )
     for prompt, (answer, ended) in zip(repeated, answers):
         print(f"> {prompt}\n{answer}{'' if ended else ' …[no EOS]'}\n")
 

@@ -91,7 +91,7 @@ class LabelConfig:
     n_labelers: int = arg(5, "simulated labelers; each prompt is ranked by one of them, in turn")
     label_noise: float = arg(0.1, "probability that a labeler swaps two adjacent responses in a ranking")
     labeler_noise: float = arg(0.5, "scale of a labeler's per-judgement noise on the gold utility")
-    temperature: float = arg(1.0, "sampling temperature for the K responses")
+    temperature: float = arg(0.7, "sampling temperature for the K responses (the PPO rollout temperature)")
     top_p: float = arg(1.0, "nucleus sampling mass")
     max_new_tokens: int = arg(64, "maximum response length in tokens")
     seed: int = arg(0, "sampling and labeler seed")
@@ -171,13 +171,33 @@ class PPOConfig(TrainArgs):
         0, "LoRA rank for the policy (0 = full); the reference is then the policy with adapters off"
     )
     lora_alpha: int = arg(16, "LoRA alpha")
-    temperature: float = arg(1.0, "sampling temperature; logprobs are taken at the same temperature")
+    temperature: float = arg(0.7, "sampling temperature; logprobs are taken at the same temperature")
     top_p: float = arg(1.0, "nucleus sampling mass (1 = plain sampling, as PPO assumes)")
     max_new_tokens: int = arg(64, "maximum response length")
     max_len: int = arg(128, "ptx block length")
     save_every: int = arg(10, "checkpoint every N iterations (0 = only at the end)")
     log_every: int = arg(1, "log every N iterations")
     sample_every: int = arg(10, "write sample answers to TensorBoard/samples.jsonl every N iterations")
+
+
+@dataclass
+class DPOConfig(TrainArgs):
+    """DPO: the reward model's judgement used directly as the loss, without RL (the seed's closing question)."""
+
+    out: str = arg("runs/dpo", "output directory")
+    policy: str = arg("runs/sft", "initial policy (the SFT model); also the frozen reference")
+    ref_policy: str | None = arg(None, "reference policy; default: --policy")
+    data: str = arg("runs/comparisons.jsonl", "K-wise (all pairs used) or pairwise preference JSONL/dataset")
+    beta: float = arg(0.1, "β: strength of the implicit KL constraint")
+    loss_type: str = arg("sigmoid", "sigmoid (DPO) | ipo | robust")
+    label_smoothing: float = arg(0.0, "assumed label-noise rate (cDPO / robust DPO)")
+    epochs: float = arg(1.0, "passes over the pairs")
+    max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
+    batch_size: int = arg(32, "pairs per step")
+    lr: float = arg(1e-4, "peak learning rate")
+    warmup_steps: int = arg(10, "linear warm-up steps")
+    max_len: int = arg(160, "maximum tokens of prompt + response")
+    save_every: int = arg(50, "checkpoint every N steps (0 = only at the end)")
 
 
 @dataclass
@@ -204,6 +224,10 @@ class EvalConfig:
     curves: list[str] = arg(
         [], "extra NAME=DIR runs whose metrics.jsonl go into curves.png (e.g. reward=runs/reward)"
     )
+    best_of_n: list[int] = arg(
+        [], "also evaluate best-of-n from the reference model for these n (needs --reward-model)"
+    )
+    reward_model: str | None = arg(None, "reward model that picks the best of n")
     seed: int = arg(0, "sampling seed (the same for every model)")
 
 
@@ -245,7 +269,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         base = _base_type(kind)
         if base is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
+            item = (
+                typing.get_args(typing.get_args(kind)[0] if typing.get_origin(kind) is not list else kind)
+                or (str,)
+            )[0]
+            parser.add_argument(flag, dest=f.name, nargs="+", type=item, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=base, default=None, help=help_text)
 

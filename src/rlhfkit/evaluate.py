@@ -149,6 +149,33 @@ def perplexity(model, tokenizer, texts: list[str], block: int = 128, batch_size:
     return float(torch.exp(torch.tensor(total / n)))
 
 
+@torch.no_grad()
+def best_of_n(
+    model,
+    reward_model,
+    tokenizer,
+    prompts: list[str],
+    n: int,
+    chat: bool = True,
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+) -> list[tuple[str, bool]]:
+    """Sample n answers per prompt and keep the one the reward model scores highest (Stiennon et al. 2020).
+    Its KL from the sampling policy is log n − (n−1)/n (`losses.best_of_n_kl`)."""
+    from rlhfkit.rollout import generate_answers
+    from rlhfkit.stages.reward import score_responses
+
+    repeated = [p for p in prompts for _ in range(n)]
+    answers = generate_answers(model, tokenizer, repeated, chat, max_new_tokens, temperature, top_p, seed)
+    rewards = score_responses(
+        reward_model, tokenizer, repeated, [a for a, _ in answers], [e for _, e in answers]
+    )
+    best = rewards.view(len(prompts), n).argmax(1).tolist()
+    return [answers[i * n + b] for i, b in enumerate(best)]
+
+
 def parse_named(pairs: list[str]) -> dict[str, str]:
     named = {}
     for pair in pairs:
@@ -219,6 +246,58 @@ def run(cfg):
             }
         report_models[name] = stats
         seconds[name] = round(time.time() - start, 2)
+
+    if cfg.best_of_n:
+        from rlhfkit.losses import best_of_n_kl
+        from rlhfkit.modeling import load_reward_model
+
+        if not cfg.reward_model:
+            raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
+        rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id).eval()
+        base = load_causal_lm(models[cfg.reference]).eval()
+        for n_best in cfg.best_of_n:
+            name, start = f"best_of_{n_best}", time.time()
+            with console.status(f"[eval] {name}: sampling {n_best} × {len(repeated)} answers"):
+                answers[name] = best_of_n(
+                    base,
+                    rm,
+                    tokenizer,
+                    repeated,
+                    n_best,
+                    True,
+                    cfg.max_new_tokens,
+                    cfg.temperature,
+                    cfg.top_p,
+                    cfg.seed + n_best,
+                )
+                seed_answers[name] = (
+                    best_of_n(
+                        base,
+                        rm,
+                        tokenizer,
+                        seed_prompts,
+                        n_best,
+                        True,
+                        cfg.max_new_tokens,
+                        cfg.temperature,
+                        cfg.top_p,
+                        cfg.seed + n_best,
+                    )
+                    if seed_prompts
+                    else []
+                )
+            sft_stats = report_models[cfg.reference]
+            report_models[name] = {
+                "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
+                "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
+                "kl_to_sft": best_of_n_kl(n_best),
+                "kl_is_analytic": True,
+                "pretrain_ppl": sft_stats["pretrain_ppl"],
+                "chat": True,
+                "path": f"{models[cfg.reference]} + {cfg.reward_model}",
+            }
+            seconds[name] = round(time.time() - start, 2)
+        models = {**models, **{f"best_of_{n_best}": "" for n_best in cfg.best_of_n}}
 
     reference = answers[cfg.reference]
     for name, stats in report_models.items():

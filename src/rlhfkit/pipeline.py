@@ -88,9 +88,12 @@ STEP_CONFIGS = {
     "reward": C.RewardConfig,
     "ppo": C.PPOConfig,
     "ppo_ptx": C.PPOConfig,
+    "rloo": C.PPOConfig,
+    "dpo": C.DPOConfig,
     "eval": C.EvalConfig,
 }
-METHODS = ("ppo", "ppo_ptx")
+METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")
+TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "dpo")  # best_of_n trains nothing: it is evaluated from SFT + RM
 
 
 @dataclass
@@ -100,7 +103,9 @@ class PipelineConfig:
     out: str = C.arg("runs/demo", "run directory")
     preset: str = C.arg("default", "tiny (tests, ~1 min) | default (the README's run) | large (GPU)")
     seed: int = C.arg(0, "seed of every step (the world itself is fixed)")
-    methods: list[str] = C.arg(list(METHODS), "Step3 methods to run and compare: ppo ppo_ptx")
+    methods: list[str] = C.arg(
+        ["ppo", "ppo_ptx", "dpo", "best_of_n"], "methods to run and compare: " + " ".join(METHODS)
+    )
     mixed_precision: str = C.arg("auto", "auto | no | bf16 | fp16, for every step")
     resume: bool = C.arg(False, "skip finished steps, continue an interrupted one from its checkpoint")
     print_config: bool = C.arg(False, "print the resolved configuration as YAML and exit")
@@ -116,6 +121,7 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
     out = Path(cfg.out)
     settings = copy.deepcopy(PRESETS[cfg.preset])
     settings["ppo_ptx"] = {**settings["ppo"], **settings["ppo_ptx"]}
+    settings["rloo"] = {**settings["ppo"], "algo": "rloo", **settings.get("rloo", {})}
     for step, values in (overrides or {}).items():
         if step not in STEP_CONFIGS:
             raise ValueError(f"pipeline config: unknown section {step!r}; sections: {list(STEP_CONFIGS)}")
@@ -131,16 +137,24 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
         "reward": {"out": out / "reward", "model": out / "sft", "data": out / "data" / "comparisons.jsonl"},
         "ppo": {"out": out / "ppo", "policy": out / "sft", "reward_model": out / "reward"},
         "ppo_ptx": {"out": out / "ppo_ptx", "policy": out / "sft", "reward_model": out / "reward"},
+        "rloo": {"out": out / "rloo", "policy": out / "sft", "reward_model": out / "reward"},
+        "dpo": {"out": out / "dpo", "policy": out / "sft", "data": out / "data" / "comparisons.jsonl"},
         "eval": {
             "out": out / "eval",
             "curves": [f"reward={out / 'reward'}"],
-            "models": [f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods)],
+            "reward_model": out / "reward",
+            "best_of_n": [4, 16],
+            "models": [
+                f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods) if name != "best_of_n"
+            ],
         },
     }
     steps = {}
     for step, cls in STEP_CONFIGS.items():
         values = {k: (str(v) if isinstance(v, Path) else v) for k, v in paths[step].items()}
         values.update(settings.get(step, {}))
+        if step == "eval" and "best_of_n" not in cfg.methods:
+            values["best_of_n"] = []
         values["seed"] = cfg.seed
         names = {f.name for f in dataclasses.fields(cls)}
         if "mixed_precision" in names:
@@ -168,14 +182,14 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         if cfg.resume and done:
             console.print(f"[pipeline] {name}: finished earlier, skipped")
             return
-        console.rule(f"[bold]{name}")
+        console.rule(name, style="bold")
         start = time.time()
         action()
         timings[name] = round(time.time() - start, 2)
         timings_path.write_text(json.dumps(timings, indent=2))
 
     from rlhfkit.evaluate import run as evaluate
-    from rlhfkit.stages import label, ppo, pretrain, reward, sft
+    from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
     from rlhfkit.stages.lm import is_finished
     from rlhfkit.world import export_world
 
@@ -192,8 +206,9 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     step("sft", is_finished(out / "sft"), lambda: sft.run(steps["sft"]))
     step("label", (out / "data" / "comparisons.jsonl").exists(), lambda: label.run(steps["label"]))
     step("reward", is_finished(out / "reward"), lambda: reward.run(steps["reward"]))
-    for method in cfg.methods:
-        step(method, is_finished(out / method), lambda m=method: ppo.run(steps[m]))
+    for method in (m for m in TRAINED_METHODS if m in cfg.methods):
+        trainer = dpo.run if method == "dpo" else ppo.run
+        step(method, is_finished(out / method), lambda m=method, t=trainer: t(steps[m]))
     step("eval", False, lambda: evaluate(steps["eval"]))
     from rlhfkit.report import write_markdown
 

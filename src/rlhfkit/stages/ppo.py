@@ -100,6 +100,7 @@ def run(cfg: PPOConfig, reward_fn=None):
         policy = get_peft_model(
             policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
         )
+        policy.eval()  # get_peft_model returns a model in train mode
     else:
         ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
     reward_model = None
@@ -177,6 +178,7 @@ def run(cfg: PPOConfig, reward_fn=None):
 
             # 3. rewards: −β·KL per token, the RM score at the last token
             kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
+            check_finite(it + 1, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
             last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
             rewards = -kl_ctl.value * kl
             rewards[torch.arange(len(last)), last] += scores
@@ -233,7 +235,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                             )
                             loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
                             record(stats, ptx_loss=ptx_loss)
-                    check_finite(it, loss=loss.item())
+                    check_finite(it + 1, loss=loss.item())
                     accelerator.backward(loss)
                     accelerator.clip_grad_norm_(optimizer_params(optimizer), cfg.max_grad_norm)
                     optimizer.step()
@@ -256,7 +258,6 @@ def run(cfg: PPOConfig, reward_fn=None):
                 "lr": scheduler.get_last_lr()[0],
                 **{k: sum(v) / len(v) for k, v in stats.items()},
             }
-            check_finite(it, reward=metrics["reward"], kl=episode_kl)
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 tracker.log(done, metrics, show=("reward", "kl", "clipfrac", "response_length"))
             if (

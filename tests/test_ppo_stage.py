@@ -1,0 +1,267 @@
+"""Step3 on the tiny SFT model: PPO raises a toy reward, PPO-ptx/RLOO/LoRA run, resume is exact, a NaN stops the
+run with a clear error and keeps the last checkpoint, and the real reward model drives a run to the end."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from conftest import read_jsonl
+from rlhfkit.config import PPOConfig
+from rlhfkit.modeling import read_meta
+from rlhfkit.stages import ppo
+from rlhfkit.training import TrainingError
+
+TOY_CHAR = "的"  # the most frequent character in the world's text, and in the tiny SFT model's answers
+
+
+def toy_reward(prompts, responses, ended):
+    """How often the answer says 的: a reward the tiny policy can learn to raise within a few iterations."""
+    return [float(r.count(TOY_CHAR)) for r in responses]
+
+
+def toy_config(out: Path, policy: Path, **kw) -> PPOConfig:
+    """Small and fast; no KL, EOS penalty or EMA, so the reward curve shows the policy gradient alone."""
+    values = dict(
+        policy=str(policy),
+        reward_model="",  # with a reward_fn there is no reward model; the value model starts from the policy
+        iterations=2,
+        batch_size=16,
+        mini_batch_size=8,
+        max_new_tokens=12,
+        lr=3e-3,
+        kl_coef=0.0,
+        missing_eos_penalty=0.0,
+        ema_decay=0.0,
+        warmup_steps=0,
+        save_every=0,
+        sample_every=0,
+    )
+    values.update(kw)
+    return PPOConfig(out=str(out), **values)
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def test_ppo_raises_a_toy_reward(tiny_sft, tmp_path):
+    out = tmp_path / "ppo"
+    ppo.run(
+        toy_config(out, tiny_sft, iterations=10, batch_size=32, mini_batch_size=16, max_new_tokens=16),
+        toy_reward,
+    )
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    rewards = [r["reward"] for r in rows]
+    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.2, rewards
+    for key in ("pg_loss", "v_loss", "clipfrac", "approx_kl", "entropy", "kl", "response_length"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert "ptx_loss" not in rows[0]  # ptx_coef = 0 is plain PPO
+    assert read_meta(out)["stage"] == "ppo" and read_meta(out)["complete"] is True
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoModelForSequenceClassification.from_pretrained(out / "value_model", num_labels=1)
+
+
+def test_ppo_ptx_logs_the_pretraining_loss(tiny_sft, tmp_path):
+    out = tmp_path / "ppo_ptx"
+    ppo.run(toy_config(out, tiny_sft, ptx_coef=1.0, ptx_batch_size=4, max_len=64), toy_reward)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2
+    for row in rows:
+        # the LM loss of the tiny model on world text: between a perfect model and a uniform guess
+        assert 0.0 < row["ptx_loss"] < math.log(1000)
+    meta = read_meta(out)
+    assert meta["stage"] == "ppo_ptx" and meta["ptx_coef"] == 1.0
+
+
+def test_rloo_runs_without_a_critic(tiny_sft, tmp_path):
+    out = tmp_path / "rloo"
+    ppo.run(toy_config(out, tiny_sft, algo="rloo", rloo_k=4, batch_size=16), toy_reward)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2
+    assert all(math.isfinite(r["pg_loss"]) and math.isfinite(r["reward"]) for r in rows)
+    assert "v_loss" not in rows[0]
+    assert not (out / "value_model").exists()
+    assert read_meta(out)["algo"] == "rloo"
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_rloo_rejects_an_unknown_algo(tiny_sft, tmp_path):
+    with pytest.raises(ValueError, match="'a2c'"):
+        ppo.run(toy_config(tmp_path / "x", tiny_sft, algo="a2c"), toy_reward)
+
+
+def test_lora_policy_uses_itself_without_adapters_as_reference(tiny_sft, tmp_path):
+    out = tmp_path / "lora"
+    ppo.run(toy_config(out, tiny_sft, iterations=3, lora_r=4, kl_coef=0.05), toy_reward)
+    kls = [r["kl"] for r in read_jsonl(out / "metrics.jsonl")]
+    # LoRA's B starts at zero: the first rollout's policy IS the reference, so the KL is exactly 0 …
+    assert kls[0] == 0.0
+    # … and once the adapters have trained, the policy has moved away from the adapter-free reference.
+    assert all(kl != 0.0 for kl in kls[1:])
+    merged, sft_weights = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tiny_sft / "model.safetensors")),
+    )
+    assert merged.keys() == sft_weights.keys()  # a plain model: adapters merged, no lora_* tensors
+    assert any(not torch.equal(merged[n], sft_weights[n]) for n in merged if "proj" in n)
+    assert not (out / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_full_policy_starts_at_zero_kl(tiny_sft, tmp_path):
+    out = tmp_path / "full"
+    ppo.run(toy_config(out, tiny_sft, iterations=2, kl_coef=0.05), toy_reward)
+    kls = [r["kl"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert kls[0] == 0.0 and kls[1] != 0.0
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+
+# Everything that carries state across iterations is on: EMA, adaptive β, the value model, samples.
+RESUME = dict(
+    iterations=5, save_every=2, ema_decay=0.9, adaptive_kl=True, kl_coef=0.05, kl_horizon=50, sample_every=1
+)
+
+
+class Interrupt:
+    """A reward_fn that is interrupted (Ctrl-C) on its n-th call, i.e. in iteration n."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self, prompts, responses, ended):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return toy_reward(prompts, responses, ended)
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tiny_sft, tmp_path_factory):
+    """An uninterrupted run, and one interrupted in iteration 4 (after the checkpoint at 2) and resumed."""
+    root = tmp_path_factory.mktemp("ppo_resume")
+    straight, resumed = root / "straight", root / "resumed"
+    ppo.run(toy_config(straight, tiny_sft, **RESUME), toy_reward)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(toy_config(resumed, tiny_sft, **RESUME), Interrupt(4))
+    state = json.loads((resumed / "checkpoint" / "trainer_state.json").read_text())
+    interrupted_steps = [r["step"] for r in read_jsonl(resumed / "metrics.jsonl")]
+    ppo.run(toy_config(resumed, tiny_sft, **RESUME, resume=True), toy_reward)
+    return straight, resumed, state, interrupted_steps
+
+
+def test_interrupted_run_kept_its_checkpoint(resumed_runs):
+    _, _, state, interrupted_steps = resumed_runs
+    assert state["step"] == 2
+    assert interrupted_steps == [1, 2, 3]  # iteration 4 was interrupted; 3 was logged but not checkpointed
+
+
+def test_ppo_resume_reproduces_the_metrics(resumed_runs):
+    straight, resumed, _, _ = resumed_runs
+    expected = without_time(read_jsonl(straight / "metrics.jsonl"))
+    assert [r["step"] for r in expected] == [1, 2, 3, 4, 5]
+    assert expected[-1]["kl_coef"] != RESUME["kl_coef"]  # adaptive β moved, so its restore is tested
+    assert without_time(read_jsonl(resumed / "metrics.jsonl")) == expected
+
+
+def test_ppo_resume_reproduces_the_weights(resumed_runs):
+    straight, resumed, _, _ = resumed_runs
+    for name in ("model.safetensors", "value_model/model.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=f"{name}: {key}")
+    assert not (resumed / "checkpoint").exists()
+
+
+def test_ppo_resume_does_not_duplicate_samples(resumed_runs):
+    straight, resumed, _, _ = resumed_runs
+    assert read_jsonl(resumed / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
+
+
+# --- NaN ------------------------------------------------------------------------------------------------------
+
+
+class NaNAt:
+    """A reward_fn that returns NaN rewards in iteration n (its n-th call)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self, prompts, responses, ended):
+        self.calls += 1
+        if self.calls == self.n:
+            return [math.nan] * len(responses)
+        return toy_reward(prompts, responses, ended)
+
+
+@pytest.fixture(scope="module")
+def nan_run(tiny_sft, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo_nan") / "run"
+    with pytest.raises(TrainingError) as error:
+        ppo.run(toy_config(out, tiny_sft, iterations=4, save_every=2), NaNAt(3))
+    return out, str(error.value)
+
+
+def test_nan_reward_stops_with_a_training_error(nan_run):
+    out, message = nan_run
+    assert re.search(r"step \d+: \w+ = nan", message), message
+    assert "--resume" in message
+    # The iteration with NaN rewards was neither logged nor saved; the checkpoint from iteration 2 survives.
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    assert not (out / "rlhfkit.json").exists()
+
+
+def test_nan_run_resumes_from_its_last_checkpoint(nan_run, tiny_sft, capsys):
+    out, _ = nan_run
+    before = read_jsonl(out / "metrics.jsonl")
+    capsys.readouterr()
+    ppo.run(toy_config(out, tiny_sft, iterations=4, save_every=2, resume=True), toy_reward)
+    assert "at iteration 2" in " ".join(capsys.readouterr().err.split())
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[:2] == before
+    assert all(math.isfinite(r["reward"]) for r in rows)
+    assert read_meta(out)["complete"] is True
+
+
+def test_nan_error_names_the_iteration_and_the_reward(tiny_sft, tmp_path):
+    with pytest.raises(TrainingError) as error:
+        ppo.run(toy_config(tmp_path / "run", tiny_sft, iterations=3, save_every=2), NaNAt(3))
+    assert re.match(r"step 3: reward = nan", str(error.value)), str(error.value)
+
+
+# --- the real reward model ------------------------------------------------------------------------------------
+
+
+def test_ppo_with_the_tiny_reward_model(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "ppo_rm"
+    config = toy_config(
+        out,
+        tiny_sft,
+        reward_model=str(tiny_reward),
+        iterations=2,
+        kl_coef=0.05,
+        missing_eos_penalty=1.0,
+        ema_decay=0.992,
+    )
+    ppo.run(config)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["reward"]) and math.isfinite(r["v_loss"]) for r in rows)
+    value = AutoModelForSequenceClassification.from_pretrained(out / "value_model", num_labels=1)
+    assert read_meta(out / "value_model")["stage"] == "value"
+    # The value model starts as a copy of the reward model and is trained: its head has moved.
+    rm_head = load_file(str(tiny_reward / "model.safetensors"))["score.weight"]
+    assert value.score.weight.shape == rm_head.shape
+    assert not torch.equal(value.score.weight.detach(), rm_head)
+    assert read_meta(out)["complete"] is True
+    AutoModelForCausalLM.from_pretrained(out)
