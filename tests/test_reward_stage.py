@@ -164,3 +164,13 @@ def test_bad_preference_file_names_file_and_line(case, tiny_sft, tmp_path, capsy
     assert problem in message
     assert "Traceback" not in message
     assert not (tmp_path / "rm" / "rlhfkit.json").exists()
+
+
+def test_identical_answers_are_tied_not_ranked():
+    from rlhfkit.stages.label import ranks_with_ties
+
+    # The labeler's order puts copy 2 of "a" first; both copies share rank 1, so no pair compares them.
+    assert ranks_with_ties([2, 0, 1, 3], ["a", "b", "a", "c"], [True] * 4) == {"ranks": [1, 3, 1, 4]}
+    # The same text cut off before EOS is a different answer.
+    assert ranks_with_ties([0, 1], ["a", "a"], [True, False]) == {"ranking": [0, 1]}
+    assert ranks_with_ties([2, 0, 1], ["a", "b", "c"], [True] * 3) == {"ranking": [2, 0, 1]}

@@ -91,7 +91,9 @@ class LabelConfig:
     n_labelers: int = arg(5, "simulated labelers; each prompt is ranked by one of them, in turn")
     label_noise: float = arg(0.1, "probability that a labeler swaps two adjacent responses in a ranking")
     labeler_noise: float = arg(0.5, "scale of a labeler's per-judgement noise on the gold utility")
-    temperature: float = arg(0.7, "sampling temperature for the K responses (the PPO rollout temperature)")
+    temperature: float = arg(
+        1.0, "sampling temperature for the K responses (match the PPO rollout temperature)"
+    )
     top_p: float = arg(1.0, "nucleus sampling mass")
     max_new_tokens: int = arg(64, "maximum response length in tokens")
     seed: int = arg(0, "sampling and labeler seed")
@@ -171,7 +173,7 @@ class PPOConfig(TrainArgs):
         0, "LoRA rank for the policy (0 = full); the reference is then the policy with adapters off"
     )
     lora_alpha: int = arg(16, "LoRA alpha")
-    temperature: float = arg(0.7, "sampling temperature; logprobs are taken at the same temperature")
+    temperature: float = arg(1.0, "sampling temperature; logprobs are taken at the same temperature")
     top_p: float = arg(1.0, "nucleus sampling mass (1 = plain sampling, as PPO assumes)")
     max_new_tokens: int = arg(64, "maximum response length")
     max_len: int = arg(128, "ptx block length")

@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "sft": {"epochs": 8.0},
         "label": {"k": 8},
         "reward": {"epochs": 1.0, "lr": 3e-4},
-        "ppo": {"iterations": 40},
+        "ppo": {"iterations": 30},
         "ppo_ptx": {"ptx_coef": 1.0},
         "eval": {"samples_per_prompt": 2},
     },

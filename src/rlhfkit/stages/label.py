@@ -35,7 +35,7 @@ def run(cfg: LabelConfig) -> Path:
     )
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    rows = []
+    rows, identical = [], 0
     with console.status(f"[label] sampling {cfg.k} answers for {len(prompts)} prompts and ranking them"):
         per_batch = max(1, 128 // cfg.k)
         for start in range(0, len(prompts), per_batch):
@@ -56,19 +56,41 @@ def run(cfg: LabelConfig) -> Path:
                 responses = texts[j * cfg.k : (j + 1) * cfg.k]
                 flags = ended[j * cfg.k : (j + 1) * cfg.k]
                 labeler = labelers[(start + j) % len(labelers)]
-                ranking = labeler.rank(prompt, responses, flags)
+                if len(set(zip(responses, flags))) == 1:
+                    identical += 1  # K copies of one answer: nothing to compare
+                    continue
+                order = ranks_with_ties(labeler.rank(prompt, responses, flags), responses, flags)
                 rows.append(
                     {
                         "prompt": prompt,
                         "responses": responses,
-                        "ranking": ranking,
+                        **order,
                         "ended": flags,
                         "labeler": (start + j) % len(labelers),
                     }
                 )
     n = write_jsonl(cfg.out, rows)
-    console.print(f"[label] wrote {n} rankings of K={cfg.k} to {cfg.out}")
+    console.print(
+        f"[label] wrote {n} rankings of K={cfg.k} to {cfg.out}"
+        + (
+            f"; {identical} prompts whose {cfg.k} answers were all identical gave no comparison"
+            if identical
+            else ""
+        )
+    )
     return Path(cfg.out)
+
+
+def ranks_with_ties(ranking: list[int], responses: list[str], ended: list[bool]) -> dict:
+    """A labeler cannot prefer one of two identical answers: copies share the rank of the best-placed copy.
+
+    Returns {"ranking": [...]} when all answers differ, else {"ranks": [...]} (ties give no pair).
+    """
+    best_copy: dict[tuple[str, bool], int] = {}
+    for place, index in enumerate(ranking):
+        best_copy.setdefault((responses[index], ended[index]), place + 1)
+    ranks = [best_copy[(r, e)] for r, e in zip(responses, ended)]
+    return {"ranking": ranking} if len(set(ranks)) == len(ranks) else {"ranks": ranks}
 
 
 def load_rm_prompts(source: str) -> list[str]:

@@ -1,0 +1,96 @@
+"""Wall time of the default pipeline per step, and its headline results, for one or more seeds.
+
+    .venv/bin/python benchmarks/pipeline_time.py                 # seed 0, preset default
+    .venv/bin/python benchmarks/pipeline_time.py --seeds 0 1 2   # the ordering check of the pipeline issue
+
+Writes benchmarks/results/pipeline_time.json and prints a table: seconds per step, win rate vs SFT with its
+95% interval per model, pretraining perplexity, and whether the expected ordering held
+(GPT < 0.5 < PPO, PPO-ptx; PPO-ptx's perplexity closer to SFT's than PPO's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rlhfkit.pipeline import PipelineConfig, run
+
+
+def ordering(report: dict) -> dict[str, bool]:
+    m = report["models"]
+    checks = {"gpt_below_half": m["gpt"]["win_rate_ci"][1] < 0.5}
+    for name in ("ppo", "ppo_ptx"):
+        if name in m:
+            checks[f"{name}_above_sft"] = m[name]["win_rate_ci"][0] > 0.5
+    if "ppo" in m and "ppo_ptx" in m:
+        sft_ppl = m["sft"]["pretrain_ppl"]
+        checks["ptx_closer_ppl"] = abs(m["ppo_ptx"]["pretrain_ppl"] - sft_ppl) < abs(
+            m["ppo"]["pretrain_ppl"] - sft_ppl
+        )
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--json", default="benchmarks/results/pipeline_time.json")
+    args = parser.parse_args()
+
+    results = []
+    for seed in args.seeds:
+        start = time.time()
+        report = run(PipelineConfig(out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed))
+        wall = time.time() - start
+        models = {
+            name: {
+                k: m.get(k) for k in ("win_rate", "win_rate_ci", "gold_score", "kl_to_sft", "pretrain_ppl")
+            }
+            for name, m in report["models"].items()
+        }
+        results.append(
+            {
+                "seed": seed,
+                "wall_seconds": round(wall, 1),
+                "steps": report["seconds"]["steps"],
+                "models": models,
+                "ordering": ordering(report),
+            }
+        )
+        write_json(args, results)  # after every seed, so a long run keeps what it measured
+
+    print(f"\npreset {args.preset} on {os.cpu_count()} cores, torch {torch.__version__}")
+    for r in results:
+        print(f"\nseed {r['seed']}: {r['wall_seconds']:.0f} s total")
+        print("  " + "  ".join(f"{step} {sec:.0f}s" for step, sec in r["steps"].items()))
+        for name, m in r["models"].items():
+            lo, hi = m["win_rate_ci"]
+            ppl = m["pretrain_ppl"]
+            print(
+                f"  {name:<8} win {m['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]  gold {m['gold_score']:.2f}  "
+                f"ppl {ppl:.2f}" + (f"  KL {m['kl_to_sft']:.2f}" if m["kl_to_sft"] is not None else "")
+            )
+        print("  ordering: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["ordering"].items()))
+    print(f"\nwrote {args.json}")
+
+
+def write_json(args, results: list[dict]) -> None:
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "preset": args.preset,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+    Path(args.json).write_text(json.dumps({**meta, "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
