@@ -309,6 +309,10 @@ def run(cfg):
             stats["gold_score"] = sum(g.total for g in gold) / len(gold)
             stats["gold_dims"] = {d: sum(g.dims[d] for g in gold) / len(gold) for d in gold[0].dims}
         stats["by_family"] = by_family(families, wins, gold, n)
+        if gold and "travel" in stats["by_family"]:
+            stats["by_family"]["travel"]["attractions_all_in_city"] = attractions_all_in_city(
+                repeated, answers[name]
+            )
         console.print(
             f"[eval] {name:<10} win rate vs {cfg.reference} {stats['win_rate']:.3f} "
             f"[{stats['win_rate_ci'][0]:.3f}, {stats['win_rate_ci'][1]:.3f}]"
@@ -407,6 +411,23 @@ def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
     if any(parse_prompt(p) is None for p in prompts[:1]):
         return []
     return [score(p, a, e) for p, (a, e) in zip(prompts, answers)]
+
+
+def attractions_all_in_city(prompts: list[str], answers: list[tuple[str, bool]]) -> float:
+    """Of the travel answers, the fraction that name at least one attraction and only ones of the asked city."""
+    from rlhfkit.world import parse_prompt
+    from rlhfkit.world.facts import ATTRACTION_CITY
+    from rlhfkit.world.oracle import find_attractions
+
+    ok = total = 0
+    for prompt, (answer, _) in zip(prompts, answers):
+        task = parse_prompt(prompt)
+        if task is None or task.family != "travel":
+            continue
+        named = find_attractions(answer)
+        total += 1
+        ok += bool(named) and all(ATTRACTION_CITY.get(a) == task.subject for a in named)
+    return ok / max(total, 1)
 
 
 def by_family(families: list[str], wins: list[float], gold, n: int) -> dict:

@@ -42,6 +42,17 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
         for name, m in report["models"].items():
             cells = [_fmt(m["by_family"].get(f, {}).get("win_rate")) for f in families]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    travel = {
+        n: m["by_family"]["travel"].get("attractions_all_in_city")
+        for n, m in report["models"].items()
+        if "travel" in m.get("by_family", {})
+    }
+    if travel and any(v is not None for v in travel.values()):
+        lines += [
+            "",
+            "Travel answers naming only attractions of the asked city (≥ 1 named): "
+            + ", ".join(f"{n} {_fmt(v, 2)}" for n, v in travel.items()),
+        ]
     dims = next((list(m["gold_dims"]) for m in report["models"].values() if m.get("gold_dims")), [])
     if dims:
         lines += [
