@@ -23,6 +23,7 @@ from rlhfkit.modeling import load_causal_lm, load_reward_model
 from rlhfkit.rollout import generate_answers
 from rlhfkit.stages.reward import score_responses
 from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.training import quiet_libraries
 from rlhfkit.world import score, split_prompts
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/overoptimization")
     args = parser.parse_args()
+    quiet_libraries()
     run = Path(args.run)
     prompts = [t.prompt for t in split_prompts()["eval"][: args.prompts]]
     tokenizer = load_tokenizer(run / "sft")

@@ -17,6 +17,7 @@ from pathlib import Path
 from rlhfkit.config import RewardConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.stages import reward
+from rlhfkit.training import quiet_libraries
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/rm_ablation")
     parser.add_argument("--json", default="benchmarks/results/rm_kwise_ablation.json")
     args = parser.parse_args()
+    quiet_libraries()
     run = Path(args.run)
     items = load_preferences(run / "data" / "comparisons.jsonl")
     pairs_per_prompt = round(sum(len(i.pairs()) for i in items) / len(items))

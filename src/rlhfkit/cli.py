@@ -49,19 +49,6 @@ class GenerateArgs:
     reward_model: str | None = C.arg(None, "reward model for --best-of-n")
 
 
-def quiet_libraries() -> None:
-    """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*shared tensor.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def _load_function(path: str):
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
@@ -92,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", default="runs/world", help="output directory")
     export.add_argument("--seed", type=int, default=0, help="world seed")
     args = parser.parse_args(argv)
+    from rlhfkit.training import quiet_libraries
+
     quiet_libraries()
 
     try:

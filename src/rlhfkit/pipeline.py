@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "pretrain": {"max_steps": 300},
         "sft": {"epochs": 8.0},
         "label": {"k": 8},
-        "reward": {"epochs": 1.0, "lr": 3e-4},
+        "reward": {"epochs": 1.0, "lr": 3e-4, "eval_every": 8},
         "ppo": {"iterations": 30},
         "ppo_ptx": {"ptx_coef": 1.0},
         "eval": {"samples_per_prompt": 2},

@@ -102,7 +102,7 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     rates = [report["models"][n]["win_rate"] for n in names]
     lows = [r - report["models"][n]["win_rate_ci"][0] for n, r in zip(names, rates)]
     highs = [report["models"][n]["win_rate_ci"][1] - r for n, r in zip(names, rates)]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4))
     colors = ["#9e9e9e", "#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860", "#da8bc3"]
     ax.bar(
         names,
@@ -130,7 +130,7 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     for ax, (key, title) in zip(axes, panels):
         for name, path in runs.items():
             rows = [r for r in read_metrics(path) if key in r]
-            if key == "loss" and rows and ("reward" in rows[0] or "accuracy" in rows[0]):
+            if key == "loss" and rows and any(k in rows[0] for k in ("reward", "accuracy", "reward_accuracy")):
                 continue
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)

@@ -38,6 +38,19 @@ class TrainingError(RuntimeError):
     """A run cannot go on (NaN loss, bad state); the message names the step and the quantity."""
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*shared tensor.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
