@@ -269,24 +269,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
-        base = _base_type(kind)
-        if base is list:
-            item = (
-                typing.get_args(typing.get_args(kind)[0] if typing.get_origin(kind) is not list else kind)
-                or (str,)
-            )[0]
+        kind = _without_none(kind)
+        if typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
             parser.add_argument(flag, dest=f.name, nargs="+", type=item, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
 
-def _base_type(kind) -> type:
+def _without_none(kind):
+    """`X | None` -> X (optional settings take the same flag type)."""
     args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if typing.get_origin(kind) in (list, typing.List):  # noqa: UP006
-        return list
-    if args:  # X | None
-        return _base_type(args[0])
-    return kind
+    return args[0] if typing.get_origin(kind) is not list and len(args) == 1 else kind
 
 
 def from_args(cls: type, namespace: argparse.Namespace):

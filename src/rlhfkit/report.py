@@ -130,7 +130,11 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     for ax, (key, title) in zip(axes, panels):
         for name, path in runs.items():
             rows = [r for r in read_metrics(path) if key in r]
-            if key == "loss" and rows and any(k in rows[0] for k in ("reward", "accuracy", "reward_accuracy")):
+            if (
+                key == "loss"
+                and rows
+                and any(k in rows[0] for k in ("reward", "accuracy", "reward_accuracy"))
+            ):
                 continue
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)

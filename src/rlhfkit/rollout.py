@@ -15,6 +15,7 @@ prefix; any other architecture samples through the HF forward with its KV cache.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,9 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
 def _hf_stepper(model, ids: torch.Tensor, mask: torch.Tensor):
     """Decoding through the model's own forward and KV cache (any HF causal LM)."""
     state = {"mask": mask, "past": None}
+    # transformers 5.x renames `past_key_values` to `cache` (the old name goes in 5.40): use what forward takes.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def step(token):
         if token is None:
@@ -125,10 +129,10 @@ def _hf_stepper(model, ids: torch.Tensor, mask: torch.Tensor):
             input_ids=inputs,
             attention_mask=state["mask"],
             position_ids=pos,
-            past_key_values=state["past"],
             use_cache=True,
+            **{cache_arg: state["past"]},
         )
-        state["past"] = out.past_key_values
+        state["past"] = out[cache_arg]
         return out.logits[:, -1].float()
 
     return step
