@@ -236,3 +236,14 @@ def test_sft_accepts_a_plain_hf_model_dir(tiny_gpt, tmp_path):
         weights(out)["lm_head.weight"], load_file(str(model_dir / "model.safetensors"))["lm_head.weight"]
     )
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    # bf16 autocast only where this CPU does bf16 matmuls natively; an AVX2-only CPU emulates them ~70x slower.
+    from rlhfkit import training
+
+    monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: False)
+    assert training.make_accelerator("auto", cpu=True).mixed_precision == "no"
+    monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: True)
+    assert training.make_accelerator("auto", cpu=True).mixed_precision == "bf16"
+    assert training.make_accelerator("no", cpu=True).mixed_precision == "no"
