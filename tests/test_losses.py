@@ -377,6 +377,12 @@ def test_dpo_sigmoid_and_rewards():
     assert not chosen_rewards.requires_grad
 
 
+def test_dpo_weighted_pairs():
+    # A K-wise ranking's pairs weighted 1/C(K,2) per ranking and averaged over rankings, as ranking_loss does.
+    loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=0.1, weights=torch.tensor([0.25, 0.75]))
+    close(loss, 0.25 * neg_logsig(0.1 * 1.0) + 0.75 * neg_logsig(0.1 * -1.5))
+
+
 def test_dpo_label_smoothing():
     loss, _, _ = dpo_loss(PC, PR, RC, RR, beta=0.1, label_smoothing=0.1)
     rows = [0.9 * neg_logsig(0.1 * x) + 0.1 * neg_logsig(-0.1 * x) for x in (1.0, -1.5)]

@@ -174,3 +174,48 @@ def test_identical_answers_are_tied_not_ranked():
     # The same text cut off before EOS is a different answer.
     assert ranks_with_ties([0, 1], ["a", "a"], [True, False]) == {"ranking": [0, 1]}
     assert ranks_with_ties([2, 0, 1], ["a", "b", "c"], [True] * 3) == {"ranking": [2, 0, 1]}
+
+
+def test_best_of_n_shares_one_set_of_samples(tiny_sft, tiny_reward):
+    # best-of-n for several n samples max(n) answers once; best-of-1 is the first sample, and a larger n never
+    # picks an answer the reward model scores lower.
+    from rlhfkit.evaluate import best_of_n
+    from rlhfkit.modeling import load_causal_lm
+    from rlhfkit.rollout import generate_answers
+
+    tokenizer = load_tokenizer(tiny_sft)
+    policy = load_causal_lm(tiny_sft).eval()
+    rm = load_reward_model(tiny_reward, tokenizer.pad_token_id).eval()
+    prompts = [t.prompt for t in split_prompts()["eval"][:6]]
+    picked = best_of_n(policy, rm, tokenizer, prompts, [1, 2, 4], max_new_tokens=16, seed=3)
+    samples = generate_answers(
+        policy, tokenizer, [p for p in prompts for _ in range(4)], max_new_tokens=16, seed=3
+    )
+    assert picked[1] == samples[::4]
+    scores = {
+        n: score_responses(rm, tokenizer, prompts, [a for a, _ in ans], [e for _, e in ans])
+        for n, ans in picked.items()
+    }
+    assert bool((scores[2] >= scores[1] - 1e-5).all()) and bool((scores[4] >= scores[2] - 1e-5).all())
+    assert best_of_n(policy, rm, tokenizer, prompts, 4, max_new_tokens=16, seed=3) == picked[4]
+
+
+def test_label_rounds_rank_each_prompt_again_by_another_labeler(tiny_sft, tmp_path):
+    from rlhfkit.config import LabelConfig
+    from rlhfkit.stages import label
+
+    prompts = tmp_path / "prompts.jsonl"
+    asked = [t.prompt for t in split_prompts()["rm"][:5]]
+    prompts.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in asked))
+    out = tmp_path / "comparisons.jsonl"
+    cfg = LabelConfig(
+        out=str(out), model=str(tiny_sft), prompts=str(prompts), k=3, rounds=2, max_new_tokens=12
+    )
+    label.run(cfg)
+    rows = read_jsonl(out)
+    assert [r["prompt"] for r in rows] == asked + asked  # every prompt once per round
+    for first, second in zip(rows[:5], rows[5:]):
+        assert first["labeler"] != second["labeler"]  # a round later, the next labeler ranks it
+        assert first["responses"] != second["responses"]  # fresh samples
+    with pytest.raises(ValueError, match="rounds"):
+        label.run(LabelConfig(out=str(out), model=str(tiny_sft), prompts=str(prompts), rounds=0))

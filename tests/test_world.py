@@ -15,7 +15,7 @@ from rlhfkit.world import (
     score,
     split_prompts,
 )
-from rlhfkit.world.corpus import SEED_CONTINUATIONS
+from rlhfkit.world.corpus import QA_MARKS, SEED_CONTINUATIONS
 from rlhfkit.world.facts import (
     CITIES,
     CITY_TRAITS,
@@ -186,9 +186,21 @@ def test_corpus_continues_instructions_instead_of_answering():
     text = "\n".join(docs)
     assert "请写一篇关于环保的新闻稿。要求字数800字" in text
     assert all(doc in docs for doc in SEED_CONTINUATIONS)
-    # about a third of the documents are instruction-shaped text (questions, assignments)
+    # about a fifth of the documents are instruction-shaped text (questions, assignments) that is continued
     shaped = [d for d in docs if any(parse_prompt(d[:i]) for i, ch in enumerate(d[:40]) if ch in "，。？")]
-    assert 0.3 <= len(shaped) / len(docs) <= 0.4
+    assert 0.16 <= len(shaped) / len(docs) <= 0.24
+    # answered questions exist only as marked question-and-answer pages, never for an eval or seed prompt
+    qa = [d for d in docs if d.startswith(tuple(q for q, _ in QA_MARKS))]
+    assert 0.09 <= len(qa) / len(docs) <= 0.15
+    held_out = {normalize_prompt(t.prompt) for t in split_prompts()["eval"]} | set(
+        map(normalize_prompt, SEED_PROMPTS)
+    )
+    for doc in qa:
+        question, answer_mark = next((q, a) for q, a in QA_MARKS if doc.startswith(q))
+        asked = doc[len(question) : doc.index(answer_mark)]
+        assert normalize_prompt(asked) not in held_out
+        task = parse_prompt(asked)
+        assert task is not None and not (task.family == "travel" and task.subject in HELDOUT_CITIES)
     # the corpus knows every city, held-out ones included, and their attractions
     assert all(city in text for city in CITIES)
     assert all(any(a in text for a in CITIES[c]) for c in HELDOUT_CITIES)

@@ -88,6 +88,9 @@ class LabelConfig:
     model: str = arg("runs/sft", "the model whose answers are ranked (the SFT policy)")
     prompts: str = arg("world", "RM prompts: a {'prompt'} JSONL file, or 'world' (the world's RM split)")
     k: int = arg(4, "responses per prompt to rank (InstructGPT: 4 to 9)")
+    rounds: int = arg(
+        1, "rankings per prompt, each of K fresh samples by the next labeler (more comparison data)"
+    )
     n_labelers: int = arg(5, "simulated labelers; each prompt is ranked by one of them, in turn")
     label_noise: float = arg(0.1, "probability that a labeler swaps two adjacent responses in a ranking")
     labeler_noise: float = arg(0.5, "scale of a labeler's per-judgement noise on the gold utility")
@@ -193,9 +196,9 @@ class DPOConfig(TrainArgs):
     beta: float = arg(0.1, "β: strength of the implicit KL constraint")
     loss_type: str = arg("sigmoid", "sigmoid (DPO) | ipo | robust")
     label_smoothing: float = arg(0.0, "assumed label-noise rate (cDPO / robust DPO)")
-    epochs: float = arg(1.0, "passes over the pairs")
+    epochs: float = arg(2.0, "passes over the rankings")
     max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
-    batch_size: int = arg(32, "pairs per step")
+    batch_size: int = arg(8, "rankings per step, each with all its pairs (a pairwise row is one ranking)")
     lr: float = arg(1e-4, "peak learning rate")
     warmup_steps: int = arg(10, "linear warm-up steps")
     max_len: int = arg(160, "maximum tokens of prompt + response")

@@ -155,25 +155,33 @@ def best_of_n(
     reward_model,
     tokenizer,
     prompts: list[str],
-    n: int,
+    n: int | list[int],
     chat: bool = True,
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.9,
     seed: int = 0,
-) -> list[tuple[str, bool]]:
+):
     """Sample n answers per prompt and keep the one the reward model scores highest (Stiennon et al. 2020).
-    Its KL from the sampling policy is log n − (n−1)/n (`losses.best_of_n_kl`)."""
+    Its KL from the sampling policy is log n − (n−1)/n (`losses.best_of_n_kl`).
+
+    Given a list of n, it samples max(n) answers once and best-of-n takes the first n of them, so best-of-4 and
+    best-of-16 cost one set of samples; it then returns {n: answers}."""
     from rlhfkit.rollout import generate_answers
     from rlhfkit.stages.reward import score_responses
 
-    repeated = [p for p in prompts for _ in range(n)]
+    ns = [n] if isinstance(n, int) else list(n)
+    most = max(ns)
+    repeated = [p for p in prompts for _ in range(most)]
     answers = generate_answers(model, tokenizer, repeated, chat, max_new_tokens, temperature, top_p, seed)
     rewards = score_responses(
         reward_model, tokenizer, repeated, [a for a, _ in answers], [e for _, e in answers]
-    )
-    best = rewards.view(len(prompts), n).argmax(1).tolist()
-    return [answers[i * n + b] for i, b in enumerate(best)]
+    ).view(len(prompts), most)
+    picked = {}
+    for k in ns:
+        best = rewards[:, :k].argmax(1).tolist()
+        picked[k] = [answers[i * most + b] for i, b in enumerate(best)]
+    return picked[n] if isinstance(n, int) else picked
 
 
 def parse_named(pairs: list[str]) -> dict[str, str]:
@@ -255,38 +263,40 @@ def run(cfg):
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
         rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id).eval()
         base = load_causal_lm(models[cfg.reference]).eval()
-        for n_best in cfg.best_of_n:
-            name, start = f"best_of_{n_best}", time.time()
-            with console.status(f"[eval] {name}: sampling {n_best} × {len(repeated)} answers"):
-                answers[name] = best_of_n(
+        start, ns = time.time(), sorted(set(cfg.best_of_n))
+        with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):
+            picked = best_of_n(
+                base,
+                rm,
+                tokenizer,
+                repeated,
+                ns,
+                True,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                cfg.top_p,
+                cfg.seed + 1,
+            )
+            seed_picked = (
+                best_of_n(
                     base,
                     rm,
                     tokenizer,
-                    repeated,
-                    n_best,
+                    seed_prompts,
+                    ns,
                     True,
                     cfg.max_new_tokens,
                     cfg.temperature,
                     cfg.top_p,
-                    cfg.seed + n_best,
+                    cfg.seed + 1,
                 )
-                seed_answers[name] = (
-                    best_of_n(
-                        base,
-                        rm,
-                        tokenizer,
-                        seed_prompts,
-                        n_best,
-                        True,
-                        cfg.max_new_tokens,
-                        cfg.temperature,
-                        cfg.top_p,
-                        cfg.seed + n_best,
-                    )
-                    if seed_prompts
-                    else []
-                )
-            sft_stats = report_models[cfg.reference]
+                if seed_prompts
+                else {k: [] for k in ns}
+            )
+        sft_stats = report_models[cfg.reference]
+        for n_best in ns:
+            name = f"best_of_{n_best}"
+            answers[name], seed_answers[name] = picked[n_best], seed_picked[n_best]
             report_models[name] = {
                 "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
                 "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
@@ -296,8 +306,9 @@ def run(cfg):
                 "chat": True,
                 "path": f"{models[cfg.reference]} + {cfg.reward_model}",
             }
-            seconds[name] = round(time.time() - start, 2)
-        models = {**models, **{f"best_of_{n_best}": "" for n_best in cfg.best_of_n}}
+        # One set of samples serves every n: its time is that of the largest n.
+        seconds[f"best_of_{max(ns)}"] = round(time.time() - start, 2)
+        models = {**models, **{f"best_of_{n_best}": "" for n_best in ns}}
 
     reference = answers[cfg.reference]
     for name, stats in report_models.items():

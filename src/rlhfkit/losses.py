@@ -291,6 +291,7 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Direct Preference Optimisation (Rafailov et al. 2023, eq. 7) and two variants; inputs are (B,) log π(y|x).
 
@@ -298,8 +299,9 @@ def dpo_loss(
       "sigmoid": −(1 − ls)·log σ(β·logits) − ls·log σ(−β·logits)          (ls > 0: conservative DPO, cDPO)
       "ipo":     (logits − 1/(2β))²                                       (Azar et al. 2023, eq. 17)
       "robust":  (−(1 − ls)·log σ(β·logits) + ls·log σ(−β·logits)) / (1 − 2ls)   (Chowdhury et al. 2024)
-    Returns the mean loss and the detached implicit rewards β(log π − log π_ref) of chosen and rejected.
-    TRL feeds IPO length-averaged log-probs; pass those for parity with it.
+    Returns the mean loss — or Σ weights·loss when `weights` (B,) are given, e.g. 1/C(K,2) per pair of a K-wise
+    ranking divided by the number of rankings, as `ranking_loss` weighs them — and the detached implicit rewards
+    β(log π − log π_ref) of chosen and rejected. TRL feeds IPO length-averaged log-probs; pass those for parity.
     """
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
@@ -316,4 +318,5 @@ def dpo_loss(
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of 'sigmoid', 'ipo', 'robust'")
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
-    return losses.mean(), chosen_rewards, rejected_rewards
+    loss = losses.mean() if weights is None else (weights * losses).sum()
+    return loss, chosen_rewards, rejected_rewards

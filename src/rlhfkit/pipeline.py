@@ -53,10 +53,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "eval": {"samples_per_prompt": 1, "max_new_tokens": 24},
     },
     "default": {  # the README's run: a 1.2M-parameter Llama on a 2-core CPU
-        "pretrain": {"max_steps": 300},
+        "pretrain": {"max_steps": 600},
         "sft": {"epochs": 8.0},
-        "label": {"k": 8},
-        "reward": {"epochs": 1.0, "lr": 3e-4, "eval_every": 8},
+        "label": {"k": 8, "rounds": 2},
+        "reward": {"epochs": 2.0, "lr": 1e-3, "warmup_steps": 5, "eval_every": 24},
         "ppo": {"iterations": 30},
         "ppo_ptx": {"ptx_coef": 1.0},
         "eval": {"samples_per_prompt": 2},

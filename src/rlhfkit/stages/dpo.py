@@ -5,14 +5,18 @@ Direct Preference Optimization (Rafailov et al. 2023) trains the policy on the S
     loss = −log σ( β·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))] )   (`losses.dpo_loss`)
 
 No reward model and no sampling: the policy is its own implicit reward model, r(x,y) = β·log π(y|x)/π_ref(y|x).
-Every pair (w, l) of a K-wise ranking is one example (ties give none); pairwise files are the K=2 case. The
-reference log-probs never change, so they are computed once before training and cached. `loss_type` also offers
+Every pair (w, l) of a K-wise ranking is a term (ties give none), and — as the reward model does with
+InstructGPT's loss — a ranking is ONE batch element: its K responses get one forward each and all C(K,2) pairs
+are taken from those K log-probs, weighted 1/C(K,2) (K=8: 8 forwards instead of 56). Pairwise files are the K=2
+case. The reference log-probs never change, so they are computed once before training and cached. `loss_type` also offers
 IPO (Azar et al. 2023) and robust DPO (Chowdhury et al. 2024); `label_smoothing` is the assumed label-noise rate.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,13 +53,14 @@ def run(cfg: DPOConfig):
     policy = load_causal_lm(cfg.policy)
     check_vocab(policy, tokenizer, f"dpo --policy {cfg.policy}")
     policy.eval()  # no dropout: the same network as the cached reference computation
-    pairs = preference_pairs(cfg, tokenizer)
+    rankings = encode_rankings(cfg, tokenizer)
     ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval()
-    with console.status(f"[dpo] caching reference log-probs of {len(pairs)} pairs"):
-        ref_logps = cached_logprobs(ref_policy, pairs, tokenizer.pad_token_id)  # (N, 2): chosen, rejected
+    n_responses = sum(len(r.rows) for r in rankings)
+    with console.status(f"[dpo] caching reference log-probs of {n_responses} responses"):
+        ref_logps = cached_logprobs(ref_policy, rankings, tokenizer.pad_token_id)  # one (K,) per ranking
     del ref_policy
 
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(pairs) / cfg.batch_size)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * len(rankings) / cfg.batch_size)
     accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
@@ -64,25 +69,29 @@ def run(cfg: DPOConfig):
     if cfg.resume and (state := load_checkpoint(accelerator, out)):
         start = state["step"]
         console.print(f"[dpo] resuming from {out}/checkpoint at step {start}")
-    console.print(f"[dpo] {len(pairs)} preference pairs, β={cfg.beta}, {cfg.loss_type}, {steps} steps")
+    n_pairs = sum(len(r.pairs) for r in rankings)
+    console.print(
+        f"[dpo] {len(rankings)} rankings, {n_pairs} preference pairs, β={cfg.beta}, {cfg.loss_type}, {steps} steps"
+    )
 
     with Tracker(out, "dpo", steps, start, enabled=accelerator.is_main_process) as tracker:
         for step in range(start, steps):
             number = step * accelerator.num_processes + accelerator.process_index
-            index = batch_indices(len(pairs), cfg.batch_size, number, cfg.seed)
+            index = batch_indices(len(rankings), cfg.batch_size, number, cfg.seed)
+            batch = [rankings[i] for i in index]
+            ref = torch.cat([ref_logps[i] for i in index]).to(accelerator.device)
+            chosen, rejected, weights = pair_index(batch, accelerator.device)
             with accelerator.autocast():
-                logps = pair_logprobs(
-                    policy, [pairs[i] for i in index], tokenizer.pad_token_id, accelerator.device
-                )
-                ref = ref_logps[index].to(accelerator.device)
+                logps = response_logprobs(policy, batch, tokenizer.pad_token_id, accelerator.device)
                 loss, chosen_rewards, rejected_rewards = dpo_loss(
-                    logps[:, 0],
-                    logps[:, 1],
-                    ref[:, 0],
-                    ref[:, 1],
+                    logps[chosen],
+                    logps[rejected],
+                    ref[chosen],
+                    ref[rejected],
                     cfg.beta,
                     cfg.loss_type,
                     cfg.label_smoothing,
+                    weights,
                 )
             check_finite(step + 1, loss=loss.item())
             accelerator.backward(loss)
@@ -128,42 +137,72 @@ def run(cfg: DPOConfig):
     return accelerator.unwrap_model(policy)
 
 
-def preference_pairs(cfg: DPOConfig, tokenizer) -> list[tuple[list[int], list[int], int]]:
-    """(chosen ids, rejected ids, prompt length) for every (w, l) pair of every ranking."""
-    pairs = []
+@dataclass
+class EncodedRanking:
+    """A ranking ready for the policy: token ids of each `chat(prompt) + response (+ EOS)`, the prompt length,
+    and the (winner, loser) pairs."""
+
+    rows: list[list[int]]
+    prompt_len: int
+    pairs: list[tuple[int, int]]
+
+
+def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
+    rankings, all_ties = [], 0
     for item in load_preferences(cfg.data):
+        if not item.pairs():
+            all_ties += 1  # every response tied: nothing to prefer
+            continue
         prompt_len = len(
             tokenizer(format_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
         )
         ended = item.ended or [True] * len(item.responses)
-        encoded = [
+        rows = [
             encode_response(tokenizer, item.prompt, r, e, cfg.max_len) for r, e in zip(item.responses, ended)
         ]
-        pairs.extend((encoded[w], encoded[lose], prompt_len) for w, lose in item.pairs())
-    if not pairs:
+        rankings.append(EncodedRanking(rows, prompt_len, item.pairs()))
+    if all_ties:
+        console.print(f"[dpo] {all_ties} rankings are all ties and give no pair; used {len(rankings)}")
+    if not rankings:
         raise ValueError(f"dpo --data {cfg.data}: no preference pairs (every ranking is a tie)")
-    return pairs
+    return rankings
 
 
-def pair_logprobs(policy, pairs, pad_id: int, device) -> torch.Tensor:
-    """log π(y|x) of chosen and rejected, one forward over both. (B, 2)"""
-    rows = [ids for chosen, rejected, _ in pairs for ids in (chosen, rejected)]
+def pair_index(batch: list[EncodedRanking], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions of winner and loser of every pair in the batch's flat list of responses, and the weight of
+    each pair: 1/(pairs of its ranking · rankings in the batch), so every ranking counts the same."""
+    chosen, rejected, weights, offset = [], [], [], 0
+    for ranking in batch:
+        for w, lose in ranking.pairs:
+            chosen.append(offset + w)
+            rejected.append(offset + lose)
+            weights.append(1.0 / (len(ranking.pairs) * len(batch)))
+        offset += len(ranking.rows)
+    as_tensor = partial(torch.tensor, device=device)
+    return as_tensor(chosen), as_tensor(rejected), as_tensor(weights)
+
+
+def response_logprobs(policy, batch: list[EncodedRanking], pad_id: int, device) -> torch.Tensor:
+    """log π(y|x) of every response of every ranking, in one forward. (N,)"""
+    rows = [row for ranking in batch for row in ranking.rows]
+    prompt_lens = [ranking.prompt_len for ranking in batch for _ in ranking.rows]
     ids, mask = right_pad(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     response = mask.clone()
-    for i, (_, _, prompt_len) in enumerate(p for p in pairs for _ in range(2)):
+    for i, prompt_len in enumerate(prompt_lens):
         response[i, :prompt_len] = 0  # only answer tokens count
     logits = policy(input_ids=ids, attention_mask=mask).logits
-    logps = sequence_logprob(token_logprobs(logits, ids), response[:, 1:])  # (2B,)
-    return logps.view(-1, 2)
+    return sequence_logprob(token_logprobs(logits, ids), response[:, 1:])
 
 
 @torch.no_grad()
-def cached_logprobs(model, pairs, pad_id: int, batch_size: int = 32) -> torch.Tensor:
+def cached_logprobs(
+    model, rankings: list[EncodedRanking], pad_id: int, batch_size: int = 8
+) -> list[torch.Tensor]:
     device = next(model.parameters()).device
-    return torch.cat(
-        [
-            pair_logprobs(model, pairs[i : i + batch_size], pad_id, device).float().cpu()
-            for i in range(0, len(pairs), batch_size)
-        ]
-    )
+    out = []
+    for i in range(0, len(rankings), batch_size):
+        chunk = rankings[i : i + batch_size]
+        flat = response_logprobs(model, chunk, pad_id, device).float().cpu()
+        out.extend(flat.split([len(r.rows) for r in chunk]))
+    return out

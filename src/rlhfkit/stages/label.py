@@ -26,7 +26,11 @@ def run(cfg: LabelConfig) -> Path:
     from rlhfkit.world import labelers as make_labelers
 
     seed_everything(cfg.seed)
-    prompts = load_rm_prompts(cfg.prompts)
+    if cfg.rounds < 1:
+        raise ValueError(f"label --rounds {cfg.rounds}: rank each prompt at least once")
+    # Each round samples K fresh answers for every prompt and gives them to the next labeler in turn.
+    base = load_rm_prompts(cfg.prompts)
+    prompts = [p for _ in range(cfg.rounds) for p in base]
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model).eval()
     check_vocab(model, tokenizer, f"label --model {cfg.model}")
@@ -55,7 +59,9 @@ def run(cfg: LabelConfig) -> Path:
             for j, prompt in enumerate(chunk):
                 responses = texts[j * cfg.k : (j + 1) * cfg.k]
                 flags = ended[j * cfg.k : (j + 1) * cfg.k]
-                labeler = labelers[(start + j) % len(labelers)]
+                index = start + j
+                who = (index + index // len(base)) % len(labelers)  # rounds shift the labeler
+                labeler = labelers[who]
                 if len(set(zip(responses, flags))) == 1:
                     identical += 1  # K copies of one answer: nothing to compare
                     continue
@@ -66,12 +72,12 @@ def run(cfg: LabelConfig) -> Path:
                         "responses": responses,
                         **order,
                         "ended": flags,
-                        "labeler": (start + j) % len(labelers),
+                        "labeler": who,
                     }
                 )
     n = write_jsonl(cfg.out, rows)
     console.print(
-        f"[label] wrote {n} rankings of K={cfg.k} to {cfg.out}"
+        f"[label] wrote {n} rankings of K={cfg.k} ({cfg.rounds} per prompt) to {cfg.out}"
         + (
             f"; {identical} prompts whose {cfg.k} answers were all identical gave no comparison"
             if identical

@@ -6,6 +6,7 @@ requirements. A model pretrained on it knows that 洪崖洞 is in 重庆, yet gi
 文字接龙 and writes "要求字数800字，……", exactly as the seed describes.
 """
 
+import functools
 import random
 
 from rlhfkit.world.facts import (
@@ -14,10 +15,21 @@ from rlhfkit.world.facts import (
     CONCEPTS,
     ELEMENT_MEANINGS,
     ELEMENTS,
+    HELDOUT_CITIES,
     NEWS_TOPICS,
     SURNAMES,
 )
-from rlhfkit.world.tasks import FAMILIES, PROMPT_SURNAMES, SEED_PROMPTS, SUBJECTS, TEMPLATES, fill
+from rlhfkit.world.tasks import (
+    FAMILIES,
+    PROMPT_SURNAMES,
+    SEED_PROMPTS,
+    SUBJECTS,
+    TEMPLATES,
+    Task,
+    demonstration,
+    fill,
+    split_prompts,
+)
 
 MIN_DOC_CHARS, MAX_DOC_CHARS = 20, 200
 
@@ -61,13 +73,15 @@ REQUIREMENTS: dict[str, list[str]] = {
     ],
 }
 
-# Share of each document kind; about a third of the corpus is instruction-shaped text that is continued.
+# Share of each document kind. A fifth of the corpus is instruction-shaped text that is continued (文字接龙);
+# most of the rest carries the facts, which a 1M-parameter model needs to see many times to learn.
 DOC_KINDS: dict[str, float] = {
-    "instruction": 0.35,
-    "city": 0.17,
-    "travel_note": 0.13,
-    "news": 0.13,
-    "concept": 0.12,
+    "instruction": 0.20,
+    "qa": 0.12,
+    "city": 0.22,
+    "travel_note": 0.14,
+    "news": 0.11,
+    "concept": 0.11,
     "element": 0.10,
 }
 
@@ -137,6 +151,30 @@ def _as_sentence(text: str) -> str:
     return text if text[-1] in "。？！" else text + "。"
 
 
+def _qa_doc(rng: random.Random) -> str:
+    # A question-and-answer page (a forum, 知乎, 百度知道): the web does hold some answered questions, always
+    # marked as such, so a raw instruction is still continued while the model learns what answers look like.
+    task = rng.choice(_qa_tasks())
+    question, answer_mark = rng.choice(QA_MARKS)
+    return f"{question}{_as_sentence(task.prompt)}{answer_mark}{demonstration(task, rng)}"
+
+
+@functools.cache
+def _qa_tasks() -> list[Task]:
+    # Never an eval or seed prompt (they are held out), never a held-out city (RL must generalise to those).
+    splits = split_prompts(0)
+    tasks = splits["sft"] + splits["rm"] + splits["rl"]
+    return [t for t in tasks if not (t.family == "travel" and t.subject in HELDOUT_CITIES)]
+
+
+QA_MARKS = [
+    ("问：", "答："),
+    ("网友提问：", "热心网友回答："),
+    ("【问题】", "【回答】"),
+    ("提问：", "最佳答案："),
+]
+
+
 def _city_doc(rng: random.Random) -> str:
     city = rng.choice(list(CITIES))
     attractions = rng.sample(CITIES[city], rng.randint(3, len(CITIES[city])))
@@ -203,6 +241,7 @@ def _element_doc(rng: random.Random) -> str:
 
 _WRITERS = {
     "instruction": _instruction_doc,
+    "qa": _qa_doc,
     "city": _city_doc,
     "travel_note": _travel_note,
     "news": _news_doc,

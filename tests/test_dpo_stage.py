@@ -1,0 +1,72 @@
+"""DPO on tiny models: every ranking is one element (its K responses scored once, all pairs taken from them),
+the implicit reward learns the labelers' order, and the result is a stock causal LM."""
+
+import json
+import math
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import read_jsonl
+from rlhfkit.config import DPOConfig
+from rlhfkit.stages import dpo
+from rlhfkit.tokenizer import load_tokenizer
+
+
+def test_pair_index_weighs_every_ranking_the_same():
+    rankings = [
+        dpo.EncodedRanking([[1], [2], [3]], 1, [(0, 1), (0, 2), (1, 2)]),  # K=3, 3 pairs
+        dpo.EncodedRanking([[4], [5]], 1, [(1, 0)]),  # a pairwise row: K=2, 1 pair
+    ]
+    chosen, rejected, weights = dpo.pair_index(rankings, "cpu")
+    assert chosen.tolist() == [0, 0, 1, 4]  # the second ranking's responses sit at flat positions 3 and 4
+    assert rejected.tolist() == [1, 2, 2, 3]
+    assert torch.allclose(weights, torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2]))
+    assert math.isclose(weights.sum().item(), 1.0, rel_tol=1e-6)
+
+
+def test_dpo_learns_the_rankings_and_saves_a_causal_lm(tiny_sft, tiny_comparisons, tmp_path):
+    out = tmp_path / "dpo"
+    cfg = DPOConfig(
+        out=str(out),
+        policy=str(tiny_sft),
+        data=str(tiny_comparisons),
+        max_steps=60,
+        batch_size=8,
+        lr=3e-3,
+        beta=1.0,
+        warmup_steps=0,
+        max_len=64,
+        log_every=1,
+        save_every=0,
+    )
+    dpo.run(cfg)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    # The loss starts at log 2 (policy = reference) and the implicit reward comes to order the pairs.
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-3
+    assert sum(r["loss"] for r in rows[-5:]) / 5 < math.log(2) - 0.01
+    assert sum(r["reward_accuracy"] for r in rows[-5:]) / 5 > 0.55
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(load_tokenizer(out)) == model.config.vocab_size
+    assert json.loads((out / "rlhfkit.json").read_text())["stage"] == "dpo"
+
+
+def test_dpo_reports_all_tie_rankings_and_rejects_a_file_of_only_ties(tiny_sft, tmp_path, capsys):
+    data = tmp_path / "ties.jsonl"
+    rows = [
+        {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫。", "长城。"], "ranks": [1, 1]},
+        {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫、颐和园。", "故宫"], "ranking": [0, 1]},
+    ]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=64)
+    assert len(dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))) == 1
+    assert "1 rankings are all ties" in capsys.readouterr().err
+    data.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))
+    except ValueError as e:
+        assert str(data) in str(e) and "tie" in str(e)
+    else:
+        raise AssertionError("a file of only ties must be an error")
