@@ -4,6 +4,7 @@ the implicit reward learns the labelers' order, and the result is a stock causal
 import json
 import math
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -53,20 +54,15 @@ def test_dpo_learns_the_rankings_and_saves_a_causal_lm(tiny_sft, tiny_comparison
     assert json.loads((out / "rlhfkit.json").read_text())["stage"] == "dpo"
 
 
-def test_dpo_reports_all_tie_rankings_and_rejects_a_file_of_only_ties(tiny_sft, tmp_path, capsys):
+def test_dpo_rejects_a_ranking_of_only_ties_with_file_and_line(tiny_sft, tmp_path):
+    from rlhfkit.data import DataError
+
     data = tmp_path / "ties.jsonl"
     rows = [
-        {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫。", "长城。"], "ranks": [1, 1]},
         {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫、颐和园。", "故宫"], "ranking": [0, 1]},
+        {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫。", "长城。"], "ranks": [1, 1]},
     ]
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=64)
-    assert len(dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))) == 1
-    assert "1 rankings are all ties" in capsys.readouterr().err
-    data.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
-    try:
+    with pytest.raises(DataError, match=f'{data}:2: field "ranks"'):
         dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))
-    except ValueError as e:
-        assert str(data) in str(e) and "tie" in str(e)
-    else:
-        raise AssertionError("a file of only ties must be an error")

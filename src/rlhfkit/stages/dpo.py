@@ -148,11 +148,9 @@ class EncodedRanking:
 
 
 def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
-    rankings, all_ties = [], 0
+    """Every ranking of the file (the loader rejects, with file and line, a row whose responses all tie)."""
+    rankings = []
     for item in load_preferences(cfg.data):
-        if not item.pairs():
-            all_ties += 1  # every response tied: nothing to prefer
-            continue
         prompt_len = len(
             tokenizer(format_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
         )
@@ -161,10 +159,6 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
             encode_response(tokenizer, item.prompt, r, e, cfg.max_len) for r, e in zip(item.responses, ended)
         ]
         rankings.append(EncodedRanking(rows, prompt_len, item.pairs()))
-    if all_ties:
-        console.print(f"[dpo] {all_ties} rankings are all ties and give no pair; used {len(rankings)}")
-    if not rankings:
-        raise ValueError(f"dpo --data {cfg.data}: no preference pairs (every ranking is a tie)")
     return rankings
 
 
