@@ -122,6 +122,15 @@ def load_prompts(path: str | Path) -> Loaded[Prompt]:
     return _load(path, _parse_prompt, '{"prompt": "..."}')
 
 
+def prompt_texts(source: str, split: str) -> list[str]:
+    """The prompts of a file, or with source "world" the embedded world's `split` ("rm", "rl" or "eval")."""
+    if source == "world":
+        from rlhfkit.world import split_prompts
+
+        return [task.prompt for task in split_prompts()[split]]
+    return [p.prompt for p in load_prompts(source)]
+
+
 def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:
     """Yield (location, record) for every row of a data file, e.g. ("data/x.jsonl:12", {...}).
 

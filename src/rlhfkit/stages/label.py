@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import LabelConfig
-from rlhfkit.data import load_prompts, write_jsonl
+from rlhfkit.data import prompt_texts, write_jsonl
 from rlhfkit.modeling import check_vocab, load_causal_lm
 from rlhfkit.rollout import decode_responses, encode_prompts, sample
 from rlhfkit.tokenizer import load_tokenizer
@@ -29,7 +29,7 @@ def run(cfg: LabelConfig) -> Path:
     if cfg.rounds < 1:
         raise ValueError(f"label --rounds {cfg.rounds}: rank each prompt at least once")
     # Each round samples K fresh answers for every prompt and gives them to the next labeler in turn.
-    base = load_rm_prompts(cfg.prompts)
+    base = prompt_texts(cfg.prompts, "rm")
     prompts = [p for _ in range(cfg.rounds) for p in base]
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model).eval()
@@ -97,11 +97,3 @@ def ranks_with_ties(ranking: list[int], responses: list[str], ended: list[bool])
         best_copy.setdefault((responses[index], ended[index]), place + 1)
     ranks = [best_copy[(r, e)] for r, e in zip(responses, ended)]
     return {"ranking": ranking} if len(set(ranks)) == len(ranks) else {"ranks": ranks}
-
-
-def load_rm_prompts(source: str) -> list[str]:
-    if source == "world":
-        from rlhfkit.world import split_prompts
-
-        return [task.prompt for task in split_prompts()["rm"]]
-    return [p.prompt for p in load_prompts(source)]

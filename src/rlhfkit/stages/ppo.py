@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.data import prompt_texts
 from rlhfkit.losses import (
     entropy_from_logits,
     gae,
@@ -115,7 +116,7 @@ def run(cfg: PPOConfig, reward_fn=None):
     value_model = None
     if cfg.algo == "ppo":
         value_model = make_value_model(cfg, policy, tokenizer)
-    prompts = load_rl_prompts(cfg.prompts)
+    prompts = prompt_texts(cfg.prompts, "rl")
     ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
 
     n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
@@ -313,16 +314,6 @@ def make_value_model(cfg: PPOConfig, policy, tokenizer):
         if rm_head.weight.shape == head.weight.shape:
             head.weight.data.copy_(rm_head.weight.data)
     return head
-
-
-def load_rl_prompts(source: str) -> list[str]:
-    if source == "world":
-        from rlhfkit.world import split_prompts
-
-        return [task.prompt for task in split_prompts()["rl"]]
-    from rlhfkit.data import load_prompts
-
-    return [p.prompt for p in load_prompts(source)]
 
 
 def load_ptx_blocks(cfg: PPOConfig, tokenizer):
