@@ -196,6 +196,7 @@ def parse_named(pairs: list[str]) -> dict[str, str]:
 
 def run(cfg):
     """`rlhfkit eval`: sample, judge, measure; write report.json, report.md and the figures."""
+    import functools
     import json
     import time
     from pathlib import Path
@@ -225,23 +226,18 @@ def run(cfg):
         with console.status(f"[eval] {name}: sampling {len(repeated)} answers"):
             model = load_causal_lm(path).eval()
             chat = is_chat_model(path)
-            answers[name] = generate_answers(
-                model, tokenizer, repeated, chat, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed
+            answer = functools.partial(
+                generate_answers,
+                model,
+                tokenizer,
+                chat=chat,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=cfg.seed,
             )
-            seed_answers[name] = (
-                generate_answers(
-                    model,
-                    tokenizer,
-                    seed_prompts,
-                    chat,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    cfg.top_p,
-                    cfg.seed,
-                )
-                if seed_prompts
-                else []
-            )
+            answers[name] = answer(repeated)
+            seed_answers[name] = answer(seed_prompts) if seed_prompts else []
             stats = {
                 "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
                 "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
@@ -265,34 +261,19 @@ def run(cfg):
         base = load_causal_lm(models[cfg.reference]).eval()
         start, ns = time.time(), sorted(set(cfg.best_of_n))
         with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):
-            picked = best_of_n(
+            pick = functools.partial(
+                best_of_n,
                 base,
                 rm,
                 tokenizer,
-                repeated,
-                ns,
-                True,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                cfg.top_p,
-                cfg.seed + 1,
+                n=ns,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=cfg.seed + 1,
             )
-            seed_picked = (
-                best_of_n(
-                    base,
-                    rm,
-                    tokenizer,
-                    seed_prompts,
-                    ns,
-                    True,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    cfg.top_p,
-                    cfg.seed + 1,
-                )
-                if seed_prompts
-                else {k: [] for k in ns}
-            )
+            picked = pick(repeated)
+            seed_picked = pick(seed_prompts) if seed_prompts else {k: [] for k in ns}
         sft_stats = report_models[cfg.reference]
         for n_best in ns:
             name = f"best_of_{n_best}"

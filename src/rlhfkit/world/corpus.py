@@ -151,6 +151,14 @@ def _as_sentence(text: str) -> str:
     return text if text[-1] in "。？！" else text + "。"
 
 
+QA_MARKS = [
+    ("问：", "答："),
+    ("网友提问：", "热心网友回答："),
+    ("【问题】", "【回答】"),
+    ("提问：", "最佳答案："),
+]
+
+
 def _qa_doc(rng: random.Random) -> str:
     # A question-and-answer page (a forum, 知乎, 百度知道): the web does hold some answered questions, always
     # marked as such, so a raw instruction is still continued while the model learns what answers look like.
@@ -165,14 +173,6 @@ def _qa_tasks() -> list[Task]:
     splits = split_prompts(0)
     tasks = splits["sft"] + splits["rm"] + splits["rl"]
     return [t for t in tasks if not (t.family == "travel" and t.subject in HELDOUT_CITIES)]
-
-
-QA_MARKS = [
-    ("问：", "答："),
-    ("网友提问：", "热心网友回答："),
-    ("【问题】", "【回答】"),
-    ("提问：", "最佳答案："),
-]
 
 
 def _city_doc(rng: random.Random) -> str:
