@@ -197,6 +197,16 @@ def test_sample_token_full_distribution_and_greedy():
     assert sample_token(probs.log()[None], 0.0, 0.5, None).tolist() == [3]
 
 
+def test_sample_token_never_draws_an_impossible_token():
+    # Inverse-CDF sampling: tokens of probability 0 (first, middle, last of the vocabulary) are never drawn,
+    # and the others come at their probabilities.
+    logits = torch.tensor([float("-inf"), 0.0, float("-inf"), 1.0, 2.0, float("-inf")])
+    tokens = sample_token(logits.repeat(30000, 1), 1.0, 1.0, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    torch.testing.assert_close(counts, torch.softmax(logits, -1), atol=0.01, rtol=0)
+    assert counts[[0, 2, 5]].sum() == 0
+
+
 def test_sample_token_temperature_sharpens():
     logits = torch.tensor([0.0, 1.0]).repeat(20000, 1)
     generator = torch.Generator().manual_seed(0)
