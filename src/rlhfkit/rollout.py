@@ -116,7 +116,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
         probs = probs.masked_fill(outside, 0.0)
     cdf = probs.cumsum(-1)
     u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf[:, :-1], u, right=True).squeeze(1)  # first index whose cdf exceeds u
+    token = torch.searchsorted(cdf[:, :-1].contiguous(), u, right=True).squeeze(1)  # first cdf above u
     return token if order is None else order.gather(1, token.unsqueeze(1)).squeeze(1)
 
 
