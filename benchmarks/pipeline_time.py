@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/pipeline_time.py                 # seed 0, preset default
     .venv/bin/python benchmarks/pipeline_time.py --seeds 0 1 2   # the ordering check of the pipeline issue
 
-Writes benchmarks/results/pipeline_time.json and prints a table: seconds per step, win rate vs SFT with its
-95% interval per model, pretraining perplexity, and whether the expected ordering held
-(GPT < 0.5 < PPO, PPO-ptx; PPO-ptx's perplexity closer to SFT's than PPO's).
+Writes benchmarks/results/pipeline_time.json (replacing the seeds it ran, keeping the others) and prints a
+table: seconds per step, win rate vs SFT with its 95% interval per model, pretraining perplexity, and whether
+the expected ordering held (GPT < 0.5 < PPO, PPO-ptx; PPO-ptx's perplexity closer to SFT's than PPO's).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--json", default="benchmarks/results/pipeline_time.json")
+    parser.add_argument("--note", default="", help="stored with each run, e.g. what else ran at the time")
     args = parser.parse_args()
     quiet_libraries()
 
@@ -63,6 +64,9 @@ def main() -> None:
             {
                 "seed": seed,
                 "wall_seconds": round(wall, 1),
+                "torch_threads": torch.get_num_threads(),
+                "date": time.strftime("%Y-%m-%d"),
+                "note": args.note,
                 "steps": report["seconds"]["steps"],
                 "models": models,
                 "ordering": ordering(report),
@@ -86,14 +90,24 @@ def main() -> None:
 
 
 def write_json(args, results: list[dict]) -> None:
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    """Write this invocation's seeds, keeping the other seeds of an earlier run of the same preset, so seeds
+    run one at a time (or side by side, in separate processes) end up in one file."""
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        if earlier.get("preset") == args.preset:
+            done = {r["seed"] for r in results}
+            kept = [r for r in earlier.get("runs", []) if r["seed"] not in done]
     meta = {
         "preset": args.preset,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "torch": torch.__version__,
     }
-    Path(args.json).write_text(json.dumps({**meta, "runs": results}, indent=2))
+    runs = sorted(kept + results, key=lambda r: r["seed"])
+    path.write_text(json.dumps({**meta, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":
