@@ -216,10 +216,10 @@ class FastSampler:
             )
             for _ in self.layers
         ]
-        key_ok = torch.zeros(B, total, dtype=torch.bool, device=device)
-        key_ok[:, :P] = mask.bool()
-        # The same as an additive mask (0 / -inf), which SDPA takes without converting it at every layer.
-        key_bias = torch.zeros(B, total, dtype=dtype, device=device).masked_fill(~key_ok, float("-inf"))
+        # Which keys are real, as an additive mask (0 / -inf) that SDPA takes without converting it at every
+        # layer: the prompt's real tokens now, each generated column as it is written.
+        key_bias = torch.full((B, total), float("-inf"), dtype=dtype, device=device)
+        key_bias[:, :P].masked_fill_(mask.bool(), 0.0)
         pos = position_ids(mask)
         # cos / sin of every position this batch can reach, computed once: (total, D)
         freqs = torch.arange(total, device=device).float().unsqueeze(-1) * self.inv_freq
@@ -232,7 +232,7 @@ class FastSampler:
                 x_ids, positions, start = ids, pos, 0
                 # (B, 1, P, P): a query sees real keys at or before its own column
                 causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-                attn_mask = key_ok[:, None, None, :P] & causal[None, None]
+                attn_mask = mask.bool()[:, None, None, :] & causal[None, None]
                 attn_mask[..., 0] |= ~attn_mask.any(-1)  # fully padded query rows: avoid NaN, result unused
             else:
                 x_ids, positions, start = token.unsqueeze(1), state["next_pos"].unsqueeze(1), state["length"]
