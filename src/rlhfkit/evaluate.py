@@ -239,8 +239,7 @@ def run(cfg):
             answers[name] = answer(repeated)
             seed_answers[name] = answer(seed_prompts) if seed_prompts else []
             stats = {
-                "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
-                "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
+                **length_and_eos(answers[name]),
                 "kl_to_sft": kl_to_reference(model, kl_ref, tokenizer, prompts, cfg.max_new_tokens, cfg.seed)
                 if chat
                 else None,
@@ -279,8 +278,7 @@ def run(cfg):
             name = f"best_of_{n_best}"
             answers[name], seed_answers[name] = picked[n_best], seed_picked[n_best]
             report_models[name] = {
-                "mean_length": sum(len(a) for a, _ in answers[name]) / len(repeated),
-                "eos_fraction": sum(e for _, e in answers[name]) / len(repeated),
+                **length_and_eos(answers[name]),
                 "kl_to_sft": best_of_n_kl(n_best),
                 "kl_is_analytic": True,
                 "pretrain_ppl": sft_stats["pretrain_ppl"],
@@ -394,6 +392,14 @@ def heldout_texts(source: str) -> list[str]:
     from rlhfkit.data import load_pretrain
 
     return list(load_pretrain(source))
+
+
+def length_and_eos(answers: list[tuple[str, bool]]) -> dict[str, float]:
+    """Mean answer length in characters and the fraction of answers that ended with EOS."""
+    return {
+        "mean_length": sum(len(a) for a, _ in answers) / len(answers),
+        "eos_fraction": sum(e for _, e in answers) / len(answers),
+    }
 
 
 def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
