@@ -46,13 +46,19 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--json", default="benchmarks/results/pipeline_time.json")
     parser.add_argument("--note", default="", help="stored with each run, e.g. what else ran at the time")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip steps already finished in the run directory (their seconds come from its timings.json)",
+    )
     args = parser.parse_args()
     quiet_libraries()
 
     results = []
     for seed in args.seeds:
         start = time.time()
-        report = run(PipelineConfig(out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed))
+        cfg = PipelineConfig(out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed, resume=args.resume)
+        report = run(cfg)
         wall = time.time() - start
         models = {
             name: {
@@ -67,6 +73,7 @@ def main() -> None:
                 "torch_threads": torch.get_num_threads(),
                 "date": time.strftime("%Y-%m-%d"),
                 "note": args.note,
+                "resumed": args.resume,
                 "steps": report["seconds"]["steps"],
                 "models": models,
                 "ordering": ordering(report),

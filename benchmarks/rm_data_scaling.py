@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/rm_data_scaling.py --run runs/bench/seed0 --settings 2:2 8:3
 
-Each setting is ROUNDS:EPOCHS — `rlhfkit label --rounds ROUNDS` (K fresh SFT answers per RM prompt per round, the
-next labeler each time) and `rlhfkit reward --epochs EPOCHS`; everything else is the run's own config.yaml. The
+Each setting is ROUNDS:EPOCHS[:LR] — `rlhfkit label --rounds ROUNDS` (K fresh SFT answers per RM prompt per round,
+the next labeler each time) and `rlhfkit reward --epochs EPOCHS [--lr LR]`; everything else is the run's own
+config.yaml. The
 run's own setting reuses its `reward/` and `ppo/`. Every reward model is then judged on one common test set —
 fresh K-answer samples for the RL prompts, the prompts PPO trains on — against the held-out panel and the gold
 judge, and PPO is trained with it (the run's PPO settings) and evaluated against the run's SFT model (the run's
-eval settings). Writes benchmarks/results/rm_data_scaling.json.
+eval settings; `--no-ppo` skips this). Writes benchmarks/results/rm_data_scaling.json.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def timed(fn, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/bench/seed0", help="a finished `rlhfkit pipeline` directory")
-    parser.add_argument("--settings", nargs="+", default=["2:2", "8:3"], help="ROUNDS:EPOCHS pairs")
+    parser.add_argument("--settings", nargs="+", default=["2:2", "8:3"], help="ROUNDS:EPOCHS[:LR]")
+    parser.add_argument("--no-ppo", action="store_true", help="judge the reward models only, train no PPO")
     parser.add_argument("--out", default="benchmarks/results/rm_data_scaling.json")
     args = parser.parse_args()
     quiet_libraries()
@@ -62,21 +64,27 @@ def main() -> None:
 
     rows, policies = [], {}
     for setting in args.settings:
-        rounds, epochs = int(setting.split(":")[0]), float(setting.split(":")[1])
-        row = {"rounds": rounds, "epochs": epochs, "label_seconds": None, "reward_seconds": None}
-        if rounds == label_cfg.rounds and epochs == reward_cfg.epochs:
+        rounds, epochs, *lr = setting.split(":")
+        rounds, epochs, lr = int(rounds), float(epochs), float(lr[0]) if lr else reward_cfg.lr
+        row = {"rounds": rounds, "epochs": epochs, "lr": lr, "label_seconds": None, "reward_seconds": None}
+        if (rounds, epochs, lr) == (label_cfg.rounds, reward_cfg.epochs, reward_cfg.lr):
             rm_dir, policy_dir = run / "reward", run / "ppo"
         else:
-            here = work / f"rounds{rounds}_epochs{epochs:g}"
-            data, rm_dir, policy_dir = here / "comparisons.jsonl", here / "reward", here / "ppo"
+            # the rounds' data is shared by every epochs/lr setting that uses it
+            data = work / f"rounds{rounds}_epochs{epochs:g}" / "comparisons.jsonl"
+            data = next(work.glob(f"rounds{rounds}_*/comparisons.jsonl"), data)
+            if rounds == label_cfg.rounds:
+                data = Path(label_cfg.out)
+            here = work / (f"rounds{rounds}_epochs{epochs:g}" + (f"_lr{lr:g}" if lr != reward_cfg.lr else ""))
+            rm_dir, policy_dir = here / "reward", here / "ppo"
             if not data.exists():
                 row["label_seconds"] = timed(
                     label.run, dataclasses.replace(label_cfg, rounds=rounds, out=str(data))
                 )
             if not (rm_dir / "eval.json").exists():
-                cfg = dataclasses.replace(reward_cfg, data=str(data), epochs=epochs, out=str(rm_dir))
+                cfg = dataclasses.replace(reward_cfg, data=str(data), epochs=epochs, lr=lr, out=str(rm_dir))
                 row["reward_seconds"] = timed(reward.run, cfg)
-            if not (policy_dir / "model.safetensors").exists():
+            if not args.no_ppo and not (policy_dir / "model.safetensors").exists():
                 ppo.run(dataclasses.replace(ppo_cfg, reward_model=str(rm_dir), out=str(policy_dir)))
         own = json.loads((rm_dir / "eval.json").read_text())
         tokenizer = load_tokenizer(rm_dir)
@@ -93,46 +101,54 @@ def main() -> None:
                 "test_accuracy_correct": test["accuracy_by_dimension"]["correct"]["accuracy"],
             }
         )
-        policies[f"ppo_rounds{rounds}_epochs{epochs:g}"] = policy_dir
+        if not args.no_ppo:
+            policies[f"ppo_{policy_dir.parent.name}"] = policy_dir
         rows.append(row)
 
-    eval_cfg = dataclasses.replace(
-        EvalConfig(**settings["eval"]),
-        out=str(work / "eval"),
-        models=[f"sft={run / 'sft'}"] + [f"{name}={path}" for name, path in policies.items()],
-        best_of_n=[],
-        curves=[],
-    )
-    report = evaluate(eval_cfg)
-    for row, name in zip(rows, policies):
-        m = report["models"][name]
-        row["ppo"] = {
-            "win_rate": m["win_rate"],
-            "win_rate_ci": m["win_rate_ci"],
-            "gold_score": m["gold_score"],
-            "kl_to_sft": m["kl_to_sft"],
-            "on_topic": m["gold_dims"]["on_topic"],
-        }
-    sft = report["models"]["sft"]
+    sft = None
+    if policies:
+        eval_cfg = dataclasses.replace(
+            EvalConfig(**settings["eval"]),
+            out=str(work / "eval"),
+            models=[f"sft={run / 'sft'}"] + [f"{name}={path}" for name, path in policies.items()],
+            best_of_n=[],
+            curves=[],
+        )
+        report = evaluate(eval_cfg)
+        sft = report["models"]["sft"]
+        for row, name in zip(rows, policies):
+            m = report["models"][name]
+            row["ppo"] = {
+                "win_rate": m["win_rate"],
+                "win_rate_ci": m["win_rate_ci"],
+                "gold_score": m["gold_score"],
+                "kl_to_sft": m["kl_to_sft"],
+                "on_topic": m["gold_dims"]["on_topic"],
+            }
+        print(f"SFT: gold {sft['gold_score']:.2f}, on topic {sft['gold_dims']['on_topic']:.2f}")
     print(f"test set: {len(test_items)} rankings of fresh SFT answers to the RL prompts (seed {TEST_SEED})")
-    print(f"SFT: gold {sft['gold_score']:.2f}, on topic {sft['gold_dims']['on_topic']:.2f}")
     print(
-        f"{'rounds':>6} {'epochs':>6} {'val acc':>7} {'panel':>6} {'spearman':>8} {'on_topic':>8} "
-        f"{'PPO win':>7} {'95% CI':>15} {'gold':>5} {'KL':>5} {'on topic':>8}"
+        f"{'rounds':>6} {'epochs':>6} {'lr':>7} {'val acc':>7} {'panel':>6} {'spearman':>8} {'on_topic':>8} "
+        + (f"{'PPO win':>7} {'95% CI':>15} {'gold':>5} {'KL':>5} {'on topic':>8}" if policies else "")
     )
     for r in rows:
-        p = r["ppo"]
-        lo, hi = p["win_rate_ci"]
-        print(
-            f"{r['rounds']:>6} {r['epochs']:>6g} {r['val_accuracy']:>7.3f} {r['test_panel_agreement']:>6.3f} "
-            f"{r['test_spearman_vs_gold']:>8.3f} {r['test_accuracy_on_topic']:>8.2f} {p['win_rate']:>7.3f} "
-            f"[{lo:.3f}, {hi:.3f}] {p['gold_score']:>5.2f} {p['kl_to_sft']:>5.2f} {p['on_topic']:>8.2f}"
+        line = (
+            f"{r['rounds']:>6} {r['epochs']:>6g} {r['lr']:>7g} {r['val_accuracy']:>7.3f} "
+            f"{r['test_panel_agreement']:>6.3f} {r['test_spearman_vs_gold']:>8.3f} {r['test_accuracy_on_topic']:>8.2f}"
         )
+        if "ppo" in r:
+            p = r["ppo"]
+            lo, hi = p["win_rate_ci"]
+            line += (
+                f" {p['win_rate']:>7.3f} [{lo:.3f}, {hi:.3f}] {p['gold_score']:>5.2f} {p['kl_to_sft']:>5.2f} "
+                f"{p['on_topic']:>8.2f}"
+            )
+        print(line)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(run),
         "test_rankings": len(test_items),
-        "sft": {"gold_score": sft["gold_score"], "on_topic": sft["gold_dims"]["on_topic"]},
+        "sft": sft and {"gold_score": sft["gold_score"], "on_topic": sft["gold_dims"]["on_topic"]},
         "rows": rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
