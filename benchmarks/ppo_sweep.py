@@ -16,11 +16,12 @@ import argparse
 import dataclasses
 import json
 import time
+import typing
 from pathlib import Path
 
 import yaml
 
-from rlhfkit.config import EvalConfig, PPOConfig
+from rlhfkit.config import EvalConfig, PPOConfig, _without_none
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.stages import ppo
 from rlhfkit.training import quiet_libraries
@@ -29,14 +30,12 @@ ROWS = ("win_rate", "win_rate_ci", "gold_score", "kl_to_sft", "pretrain_ppl", "m
 DIMS = ("on_topic", "correct", "fluency", "ends")
 
 
-def parse_value(config: PPOConfig, param: str, text: str):
-    """The value as the config field's own type (a bool is given as true/false)."""
-    current = getattr(config, param)
-    if current is None or isinstance(current, str):
-        return text
-    if isinstance(current, bool):
+def parse_value(param: str, text: str):
+    """The value as the field's declared type, as `rlhfkit ppo --PARAM TEXT` would read it."""
+    kind = _without_none(typing.get_type_hints(PPOConfig)[param])
+    if kind is bool:
         return text.lower() in ("1", "true", "yes")
-    return type(current)(text)
+    return kind(text)
 
 
 def same_training(a: PPOConfig, b: PPOConfig) -> bool:
@@ -69,7 +68,7 @@ def main() -> None:
     for key in [args.param, *fixed]:
         if key not in {f.name for f in dataclasses.fields(PPOConfig)}:
             raise SystemExit(f"{key}: not a PPO setting (see `rlhfkit ppo --help`)")
-    base = dataclasses.replace(base, **{key: parse_value(base, key, text) for key, text in fixed.items()})
+    base = dataclasses.replace(base, **{key: parse_value(key, text) for key, text in fixed.items()})
     work = (
         run / "ppo_sweep" / "_".join(f"{key}-{Path(text).parent.name or text}" for key, text in fixed.items())
     )
@@ -77,7 +76,7 @@ def main() -> None:
 
     models, seconds, values = {}, {}, []
     for text in args.values:
-        value = parse_value(base, args.param, text)
+        value = parse_value(args.param, text)
         values.append(value)
         name = f"{args.param}_{text}"
         cfg = dataclasses.replace(base, **{args.param: value})
