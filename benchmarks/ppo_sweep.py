@@ -16,26 +16,17 @@ import argparse
 import dataclasses
 import json
 import time
-import typing
 from pathlib import Path
 
 import yaml
 
-from rlhfkit.config import EvalConfig, PPOConfig, _without_none
+from rlhfkit.config import EvalConfig, PPOConfig, parse_setting
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.stages import ppo
 from rlhfkit.training import quiet_libraries
 
 ROWS = ("win_rate", "win_rate_ci", "gold_score", "kl_to_sft", "pretrain_ppl", "mean_length", "eos_fraction")
 DIMS = ("on_topic", "correct", "fluency", "ends")
-
-
-def parse_value(param: str, text: str):
-    """The value as the field's declared type, as `rlhfkit ppo --PARAM TEXT` would read it."""
-    kind = _without_none(typing.get_type_hints(PPOConfig)[param])
-    if kind is bool:
-        return text.lower() in ("1", "true", "yes")
-    return kind(text)
 
 
 def same_training(a: PPOConfig, b: PPOConfig) -> bool:
@@ -68,7 +59,9 @@ def main() -> None:
     for key in [args.param, *fixed]:
         if key not in {f.name for f in dataclasses.fields(PPOConfig)}:
             raise SystemExit(f"{key}: not a PPO setting (see `rlhfkit ppo --help`)")
-    base = dataclasses.replace(base, **{key: parse_value(key, text) for key, text in fixed.items()})
+    base = dataclasses.replace(
+        base, **{key: parse_setting(PPOConfig, key, text) for key, text in fixed.items()}
+    )
     work = (
         run / "ppo_sweep" / "_".join(f"{key}-{Path(text).parent.name or text}" for key, text in fixed.items())
     )
@@ -76,7 +69,7 @@ def main() -> None:
 
     models, seconds, values = {}, {}, []
     for text in args.values:
-        value = parse_value(args.param, text)
+        value = parse_setting(PPOConfig, args.param, text)
         values.append(value)
         name = f"{args.param}_{text}"
         cfg = dataclasses.replace(base, **{args.param: value})

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/rm_data_scaling.py --run runs/bench/seed0 --settings 2:2 8:3
 
 Each setting is ROUNDS:EPOCHS[:LR] — `rlhfkit label --rounds ROUNDS` (K fresh SFT answers per RM prompt per round,
-the next labeler each time) and `rlhfkit reward --epochs EPOCHS [--lr LR]`; everything else is the run's own
-config.yaml. The
+the next labeler each time) and `rlhfkit reward --epochs EPOCHS [--lr LR]`; `--set KEY=VALUE` fixes any other
+`rlhfkit reward` option for every setting (e.g. batch_size=4); everything else is the run's own config.yaml. The
 run's own setting reuses its `reward/` and `ppo/`. Every reward model is then judged on one common test set —
 fresh K-answer samples for the RL prompts, the prompts PPO trains on — against the held-out panel and the gold
 judge, and PPO is trained with it (the run's PPO settings) and evaluated against the run's SFT model (the run's
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig
+from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig, parse_setting
 from rlhfkit.data import load_preferences
 from rlhfkit.evaluate import reward_model_vs_gold
 from rlhfkit.evaluate import run as evaluate
@@ -44,13 +44,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/bench/seed0", help="a finished `rlhfkit pipeline` directory")
     parser.add_argument("--settings", nargs="+", default=["2:2", "8:3"], help="ROUNDS:EPOCHS[:LR]")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other reward-model settings (`rlhfkit reward` options), the same for every setting",
+    )
     parser.add_argument("--no-ppo", action="store_true", help="judge the reward models only, train no PPO")
     parser.add_argument("--out", default="benchmarks/results/rm_data_scaling.json")
     args = parser.parse_args()
     quiet_libraries()
     run = Path(args.run)
     settings = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    label_cfg, reward_cfg = LabelConfig(**settings["label"]), RewardConfig(**settings["reward"])
+    label_cfg, run_reward = LabelConfig(**settings["label"]), RewardConfig(**settings["reward"])
+    fixed = dict(item.split("=", 1) for item in args.set)
+    reward_cfg = dataclasses.replace(
+        run_reward, **{key: parse_setting(RewardConfig, key, text) for key, text in fixed.items()}
+    )
     ppo_cfg = PPOConfig(**settings["ppo"])
     work = run / "rm_data_scaling"
 
@@ -66,8 +77,15 @@ def main() -> None:
     for setting in args.settings:
         rounds, epochs, *lr = setting.split(":")
         rounds, epochs, lr = int(rounds), float(epochs), float(lr[0]) if lr else reward_cfg.lr
-        row = {"rounds": rounds, "epochs": epochs, "lr": lr, "label_seconds": None, "reward_seconds": None}
-        if (rounds, epochs, lr) == (label_cfg.rounds, reward_cfg.epochs, reward_cfg.lr):
+        row = {
+            "rounds": rounds,
+            "epochs": epochs,
+            "lr": lr,
+            **fixed,
+            "label_seconds": None,
+            "reward_seconds": None,
+        }
+        if (rounds, epochs, lr) == (label_cfg.rounds, run_reward.epochs, run_reward.lr) and not fixed:
             rm_dir, policy_dir = run / "reward", run / "ppo"
         else:
             # the rounds' data is shared by every epochs/lr setting that uses it
@@ -75,7 +93,11 @@ def main() -> None:
             data = next(work.glob(f"rounds{rounds}_*/comparisons.jsonl"), data)
             if rounds == label_cfg.rounds:
                 data = Path(label_cfg.out)
-            here = work / (f"rounds{rounds}_epochs{epochs:g}" + (f"_lr{lr:g}" if lr != reward_cfg.lr else ""))
+            here = work / "_".join(
+                [f"rounds{rounds}_epochs{epochs:g}"]
+                + ([f"lr{lr:g}"] if lr != run_reward.lr else [])
+                + [f"{key}{text}" for key, text in fixed.items()]
+            )
             rm_dir, policy_dir = here / "reward", here / "ppo"
             if not data.exists():
                 row["label_seconds"] = timed(
@@ -127,6 +149,8 @@ def main() -> None:
             }
         print(f"SFT: gold {sft['gold_score']:.2f}, on topic {sft['gold_dims']['on_topic']:.2f}")
     print(f"test set: {len(test_items)} rankings of fresh SFT answers to the RL prompts (seed {TEST_SEED})")
+    if fixed:
+        print("reward settings for every row: " + " ".join(args.set))
     print(
         f"{'rounds':>6} {'epochs':>6} {'lr':>7} {'val acc':>7} {'panel':>6} {'spearman':>8} {'on_topic':>8} "
         + (f"{'PPO win':>7} {'95% CI':>15} {'gold':>5} {'KL':>5} {'on topic':>8}" if policies else "")

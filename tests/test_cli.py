@@ -7,7 +7,7 @@ import pytest
 import rlhfkit.stages.pretrain
 from conftest import read_jsonl
 from rlhfkit.cli import main
-from rlhfkit.config import PretrainConfig
+from rlhfkit.config import PPOConfig, PretrainConfig, RewardConfig, parse_setting
 
 
 def console_text(capsys) -> str:
@@ -66,6 +66,17 @@ def test_flags_alone(captured_config):
     assert main(["pretrain", "--max-steps", "3", "--resume", "--out", "x"]) == 0
     [cfg] = captured_config
     assert (cfg.max_steps, cfg.resume, cfg.out) == (3, True, "x")
+
+
+def test_key_value_settings_take_the_fields_declared_type():
+    """The benchmarks' `--set KEY=VALUE`: read as `--KEY VALUE` would be, whatever the field's current value."""
+    assert parse_setting(PPOConfig, "kl_coef", "0.2") == 0.2
+    assert parse_setting(RewardConfig, "lr", "1e-3") == 1e-3
+    assert parse_setting(RewardConfig, "batch_size", "4") == 4
+    assert parse_setting(RewardConfig, "kwise", "false") is False
+    assert parse_setting(PPOConfig, "value_model", "runs/x/reward") == "runs/x/reward"  # str | None
+    with pytest.raises(ValueError, match="batch_sise: not a RewardConfig setting"):
+        parse_setting(RewardConfig, "batch_sise", "4")
 
 
 def test_unknown_yaml_key_names_the_file_and_key(tmp_path, captured_config, capsys):

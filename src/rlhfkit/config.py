@@ -286,6 +286,17 @@ def _without_none(kind):
     return args[0] if typing.get_origin(kind) is not list and len(args) == 1 else kind
 
 
+def parse_setting(cls: type, key: str, text: str):
+    """One `KEY=VALUE` override as the field's declared type, as the stage's `--KEY TEXT` flag reads it."""
+    types = _field_types(cls)
+    if key not in types:
+        raise ValueError(f"{key}: not a {cls.__name__} setting (see the stage's --help)")
+    kind = _without_none(types[key])
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes")
+    return kind(text)
+
+
 def from_args(cls: type, namespace: argparse.Namespace):
     """Defaults <- YAML (--config) <- flags."""
     values = load_yaml(namespace.config, cls) if getattr(namespace, "config", None) else {}
