@@ -71,7 +71,7 @@ def main() -> None:
     for text in args.values:
         value = parse_setting(PPOConfig, args.param, text)
         values.append(value)
-        name = f"{args.param}_{text}"
+        name = f"{args.param}_{Path(text).name if '/' in text else text}"  # a path: its last folder
         cfg = dataclasses.replace(base, **{args.param: value})
         reuse = [step for step, c in own.items() if same_training(c, cfg)]
         if reuse and (run / reuse[0] / "model.safetensors").exists():
@@ -143,7 +143,8 @@ def plot(rows: list[dict], param: str, sft_ppl: float, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [float(r[param]) for r in rows]
+    numeric = all(isinstance(r[param], (int, float)) for r in rows)
+    xs = [float(r[param]) for r in rows] if numeric else list(range(len(rows)))  # paths: one tick each
     fig, (ax_ppl, ax_win) = plt.subplots(1, 2, figsize=(10, 4))
     ax_ppl.plot(xs, [r["pretrain_ppl"] for r in rows], "o-", label="policy")
     ax_ppl.axhline(sft_ppl, color="gray", linestyle="--", label="SFT")
@@ -163,7 +164,9 @@ def plot(rows: list[dict], param: str, sft_ppl: float, path: str) -> None:
     positive = [x for x in xs if x > 0]
     for ax in (ax_ppl, ax_win):
         ax.set_xlabel(param)
-        if positive and max(positive) / min(positive) >= 8:
+        if not numeric:
+            ax.set_xticks(xs, [str(r[param]) for r in rows], fontsize=7)
+        elif positive and max(positive) / min(positive) >= 8:
             ax.set_xscale("symlog", linthresh=min(positive))
     ax_ppl.legend(fontsize=8)
     fig.tight_layout()
