@@ -81,7 +81,7 @@ def main() -> None:
             "rounds": rounds,
             "epochs": epochs,
             "lr": lr,
-            **fixed,
+            **{key: getattr(reward_cfg, key) for key in fixed},
             "label_seconds": None,
             "reward_seconds": None,
         }
