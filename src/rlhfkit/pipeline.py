@@ -56,8 +56,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "pretrain": {"max_steps": 600},
         "sft": {"epochs": 8.0},
         # Four rounds of rankings seen once (InstructGPT trains its RM for one epoch) beat two rounds seen twice
-        # at the same RM cost; β = 0.2 keeps PPO within 1-1.5 nats of SFT, where this RM's judgement still holds
-        # (benchmarks/README.md: rm_data_scaling.py, ppo_sweep.py). DPO takes one pass over the doubled data.
+        # at the same RM cost; β = 0.2 keeps PPO within 1-1.5 nats of SFT, where this RM's judgement still holds;
+        # 30 PPO iterations: 60 over-optimise, 15 suit PPO but cost PPO-ptx 0.01-0.04 (benchmarks/README.md:
+        # rm_data_scaling.py, ppo_sweep.py, pipeline_time_ppo15.json). DPO takes one pass over the doubled data.
         "label": {"k": 8, "rounds": 4},
         "reward": {"epochs": 1.0, "lr": 1e-3, "warmup_steps": 5, "eval_every": 24},
         "ppo": {"iterations": 30, "kl_coef": 0.2},
