@@ -56,21 +56,20 @@ def main() -> None:
     settings = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     base = PPOConfig(**settings[args.base])
     fixed = dict(item.split("=", 1) for item in args.set)
-    for key in [args.param, *fixed]:
-        if key not in {f.name for f in dataclasses.fields(PPOConfig)}:
-            raise SystemExit(f"{key}: not a PPO setting (see `rlhfkit ppo --help`)")
-    base = dataclasses.replace(
-        base, **{key: parse_setting(PPOConfig, key, text) for key, text in fixed.items()}
-    )
+    try:  # every setting read before anything trains; an unknown one is named (parse_setting checks the keys)
+        base = dataclasses.replace(
+            base, **{key: parse_setting(PPOConfig, key, text) for key, text in fixed.items()}
+        )
+        values = [parse_setting(PPOConfig, args.param, text) for text in args.values]
+    except ValueError as error:
+        raise SystemExit(f"ppo_sweep: {error}") from None
     work = (
         run / "ppo_sweep" / "_".join(f"{key}-{Path(text).parent.name or text}" for key, text in fixed.items())
     )
     own = {step: PPOConfig(**settings[step]) for step in ("ppo", "ppo_ptx") if step in settings}
 
-    models, seconds, values = {}, {}, []
-    for text in args.values:
-        value = parse_setting(PPOConfig, args.param, text)
-        values.append(value)
+    models, seconds = {}, {}
+    for text, value in zip(args.values, values):
         name = f"{args.param}_{Path(text).name if '/' in text else text}"  # a path: its last folder
         cfg = dataclasses.replace(base, **{args.param: value})
         reuse = [step for step, c in own.items() if same_training(c, cfg)]
