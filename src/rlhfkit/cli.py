@@ -24,6 +24,11 @@ STAGES: dict[str, tuple[type, str, str]] = {
     ),
     "reward": (C.RewardConfig, "rlhfkit.stages.reward:run", "Step2: reward model on K-wise rankings"),
     "ppo": (C.PPOConfig, "rlhfkit.stages.ppo:run", "Step3: PPO / PPO-ptx (--ptx-coef) / RLOO (--algo rloo)"),
+    "dpo": (
+        C.DPOConfig,
+        "rlhfkit.stages.dpo:run",
+        "DPO: the comparisons as the loss, without a reward model or RL",
+    ),
     "eval": (
         C.EvalConfig,
         "rlhfkit.evaluate:run",
