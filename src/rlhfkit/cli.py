@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         # Errors the user can cause are raised with a message that says what and where; no deep traceback.
         from rlhfkit.training import console
 
+        console.quiet = False  # every process reports its own error
         console.print("error:", style="bold red", end=" ")
         console.print(str(err))
         return 2

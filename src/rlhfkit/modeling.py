@@ -130,18 +130,35 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def per_token_scores(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Scalar head on every position: (B, T). Values for PPO; reward = this at the last non-pad token."""
-    hidden = backbone(model)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).last_hidden_state
-    return scalar_head(model)(hidden).squeeze(-1)
+class TokenScores(nn.Module):
+    """A scalar-head model as one module whose forward is the head on every position: (B, T).
+
+    Stages that train a reward or value model hand this wrapper, not the HF model, to `accelerator.prepare`: the
+    HF model's own forward pools one score per row, and DDP/FSDP synchronise only the gradients of computation
+    that runs through the module they wrap. The HF model is `.model` (unwrap it to save)."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = backbone(self.model)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        ).last_hidden_state
+        return scalar_head(self.model)(hidden).squeeze(-1)
+
+
+def per_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar head on every position: (B, T). Values for PPO; reward = this at the last non-pad token.
+
+    `model` is a scalar-head HF model or a TokenScores, possibly wrapped by DDP (which keeps it as `.module`)."""
+    inner = getattr(model, "module", model)
+    scorer = model if isinstance(inner, TokenScores) else TokenScores(model)
+    return scorer(input_ids, attention_mask)
 
 
 def last_token_scores(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Reward r(x, y): the head at the last real token of each row (left or right padding). (B,)"""
     scores = per_token_scores(model, input_ids, attention_mask)  # (B, T)

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -31,7 +32,9 @@ from rich.progress import (
 
 from rlhfkit.modeling import replace_dir
 
-console = Console(stderr=True, markup=False)  # messages hold [stage] prefixes and file[row 3] locations
+# Messages hold [stage] prefixes and file[row 3] locations (no markup). Under torchrun / accelerate launch only
+# the first process (RANK 0) prints progress; errors are printed by every process (cli.main).
+console = Console(stderr=True, markup=False, quiet=int(os.environ.get("RANK", "0")) > 0)
 CHECKPOINT_DIR = "checkpoint"
 
 

@@ -50,6 +50,7 @@ from rlhfkit.losses import (
     whiten,
 )
 from rlhfkit.modeling import (
+    TokenScores,
     backbone,
     check_vocab,
     last_token_scores,
@@ -134,6 +135,11 @@ def run(cfg: PPOConfig, reward_fn=None):
             policy, value_model, optimizer, scheduler
         )
     else:
+        if value_model is not None and accelerator.num_processes > 1:
+            # its trunk would run outside the DDP-wrapped policy, whose gradients would then not be synchronised
+            raise ValueError(
+                "ppo --shared-trunk runs in one process only; drop it (a separate value model) to launch several"
+            )
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
         value_model = value_model.to(device) if value_model is not None else None
     accelerator.register_for_checkpointing(kl_ctl)
@@ -173,7 +179,7 @@ def run(cfg: PPOConfig, reward_fn=None):
             # 2. score the episodes: one forward each, no grad
             with torch.no_grad(), accelerator.autocast():
                 old_logprobs = response_logprobs(policy, batch, cfg.temperature)  # (B, R)
-                ref_logprobs = reference_logprobs(policy, ref_policy, batch, cfg.temperature)  # (B, R)
+                ref_logprobs = reference_logprobs(unwrapped, ref_policy, batch, cfg.temperature)  # (B, R)
                 old_values = values_of(value_model, policy, batch, cfg) if value_model is not None else None
                 scores = score_episodes(reward_model, reward_fn, batch, batch_prompts, texts, cfg)  # (B,)
 
@@ -291,7 +297,11 @@ def run(cfg: PPOConfig, reward_fn=None):
         )
         if value_model is not None and not cfg.shared_trunk:
             save_model(
-                accelerator.unwrap_model(value_model), None, out / "value_model", stage="value", complete=True
+                accelerator.unwrap_model(value_model).model,
+                None,
+                out / "value_model",
+                stage="value",
+                complete=True,
             )
         remove_checkpoint(out)
     accelerator.wait_for_everyone()
@@ -306,7 +316,7 @@ def make_value_model(cfg: PPOConfig, policy, tokenizer):
     """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's."""
     source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
     if not cfg.shared_trunk:
-        return load_reward_model(source, tokenizer.pad_token_id).eval()
+        return TokenScores(load_reward_model(source, tokenizer.pad_token_id).eval())
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)
     if source and Path(source).exists():
@@ -324,7 +334,7 @@ def load_ptx_blocks(cfg: PPOConfig, tokenizer):
 
 
 def reference_logprobs(policy, ref_policy, batch: SampleBatch, temperature: float) -> torch.Tensor:
-    """log π_SFT of the sampled tokens; with LoRA, the policy itself with its adapters switched off."""
+    """log π_SFT of the sampled tokens; with LoRA, the (unwrapped) policy with its adapters switched off."""
     if ref_policy is not None:
         return response_logprobs(ref_policy, batch, temperature)
     with policy.disable_adapter():

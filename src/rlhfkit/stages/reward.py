@@ -28,7 +28,14 @@ import torch
 from rlhfkit.config import LabelConfig, RewardConfig
 from rlhfkit.data import Ranked, load_preferences
 from rlhfkit.losses import ranking_accuracy, ranking_loss
-from rlhfkit.modeling import check_vocab, last_token_scores, load_reward_model, read_meta, save_model
+from rlhfkit.modeling import (
+    TokenScores,
+    check_vocab,
+    last_token_scores,
+    load_reward_model,
+    read_meta,
+    save_model,
+)
 from rlhfkit.stages.lm import is_finished
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 from rlhfkit.training import (
@@ -67,6 +74,7 @@ def run(cfg: RewardConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
+    model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
@@ -121,7 +129,7 @@ def run(cfg: RewardConfig):
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
                 save_checkpoint(accelerator, out, done)
 
-    final = accelerator.unwrap_model(model).eval()
+    final = accelerator.unwrap_model(model).model.eval()
     bias, scale = centre_on_demonstrations(final, tokenizer, cfg)
     final.config.reward_bias, final.config.reward_std = bias, scale
     if accelerator.is_main_process:

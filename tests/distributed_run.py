@@ -1,0 +1,100 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: every trainer in two CPU processes (gloo).
+
+Each process trains on its own share of the data; DDP must average the gradients so that the two copies of every
+trained model stay identical. Prints, on rank 0, one JSON line: per model, the parameter sum of each rank before
+and after training.
+
+    torchrun --standalone --nproc_per_node 2 tests/distributed_run.py SFT_DIR REWARD_DIR COMPARISONS OUT
+"""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from rlhfkit.modeling import load_causal_lm, load_reward_model
+from rlhfkit.stages import dpo, ppo, reward, sft
+
+
+def parameter_sum(model) -> float:
+    return sum(p.detach().double().sum().item() for p in model.parameters())
+
+
+def seeded(load, *args):
+    torch.manual_seed(0)  # the stages' default seed, set before they build a model
+    return load(*args)
+
+
+def every_rank(value: float) -> list[float]:
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def main() -> None:
+    sft_dir, reward_dir, comparisons, out = sys.argv[1:5]
+    torch.manual_seed(0)
+    common = dict(max_len=64, log_every=1, save_every=0)
+    value_models = []  # the PPO value model: the loop trains it but does not return it
+    make_value_model = ppo.make_value_model
+    ppo.make_value_model = lambda *args: value_models.append(make_value_model(*args)) or value_models[-1]
+
+    sft_before = parameter_sum(load_causal_lm(sft_dir))
+    trained = {
+        "sft": (
+            sft_before,
+            sft.run(SFTConfig(out=f"{out}/sft", model=sft_dir, max_steps=2, batch_size=4, **common)),
+        ),
+        "reward": (
+            parameter_sum(seeded(load_reward_model, sft_dir, 0)),  # the head starts as the stage's does
+            reward.run(
+                RewardConfig(
+                    out=f"{out}/rm", model=sft_dir, data=comparisons, max_steps=2, batch_size=4, **common
+                )
+            ),
+        ),
+        "dpo": (
+            sft_before,
+            dpo.run(
+                DPOConfig(
+                    out=f"{out}/dpo",
+                    policy=sft_dir,
+                    data=comparisons,
+                    max_steps=2,
+                    batch_size=4,
+                    lr=1e-3,
+                    **common,
+                )
+            ),
+        ),
+    }
+    policy = ppo.run(
+        PPOConfig(
+            out=f"{out}/ppo",
+            policy=sft_dir,
+            reward_model=reward_dir,
+            iterations=2,
+            batch_size=8,
+            mini_batch_size=4,
+            max_new_tokens=12,
+            ptx_coef=1.0,
+            ptx_batch_size=2,
+            ema_decay=0.0,
+            **common,
+        )
+    )
+    trained["ppo_policy"] = (sft_before, policy)
+    trained["ppo_value"] = (parameter_sum(load_reward_model(reward_dir, 0)), value_models[0])
+    result = {
+        name: {"before": every_rank(before), "after": every_rank(parameter_sum(model))}
+        for name, (before, model) in trained.items()
+    }
+    result["world_size"] = dist.get_world_size()
+    if dist.get_rank() == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
