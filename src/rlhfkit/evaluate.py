@@ -366,6 +366,8 @@ def load_eval_prompts(cfg):
     judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id).eval()
 
     def judge(prompt, a, b):
+        if a == b:  # the same answer: a tie, whatever float noise the two rows of one batch would show
+            return 0.5
         ra, rb = score_responses(
             judge_model, judge_tokenizer, [prompt, prompt], [a[0], b[0]], [a[1], b[1]]
         ).tolist()
