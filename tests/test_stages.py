@@ -238,6 +238,20 @@ def test_sft_accepts_a_plain_hf_model_dir(tiny_gpt, tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
 
 
+def test_continued_pretraining_keeps_the_models_tokenizer(tiny_gpt, tmp_path):
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"cats and dogs, line {i}."}) + "\n" for i in range(40)))
+    out = tmp_path / "gpt2"
+    cfg = PretrainConfig(
+        out=str(out), model=str(tiny_gpt), data=str(data), max_steps=2, batch_size=2, max_len=16
+    )
+    pretrain.run(cfg)
+    before, after = load_tokenizer(tiny_gpt), load_tokenizer(out)
+    assert len(after) == len(before)  # not a new BPE trained on the user's 40 lines
+    text = "请问北京有什么好玩的景点？ cats and dogs"
+    assert after(text)["input_ids"] == before(text)["input_ids"]
+
+
 def test_auto_precision_follows_the_cpu(monkeypatch):
     # bf16 autocast only where this CPU does bf16 matmuls natively; an AVX2-only CPU emulates them ~70x slower.
     from rlhfkit import training

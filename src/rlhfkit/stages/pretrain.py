@@ -24,8 +24,8 @@ def run(cfg: PretrainConfig):
         console.print(f"[pretrain] {cfg.out} is already finished; nothing to do")
         return None
     texts = load_texts(cfg)
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
+    if cfg.tokenizer or cfg.model:  # continuing an HF model: its own tokenizer, never a new one
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     else:
         tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
     if cfg.model:
