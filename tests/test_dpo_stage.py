@@ -66,3 +66,18 @@ def test_dpo_rejects_a_ranking_of_only_ties_with_file_and_line(tiny_sft, tmp_pat
     cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=64)
     with pytest.raises(DataError, match=f'{data}:2: field "ranks"'):
         dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))
+
+
+def test_a_prompt_longer_than_max_len_keeps_every_answer_token(tiny_sft, tmp_path):
+    # Rows are cut from the left to max_len; the answer tokens must still be the ones the loss reads.
+    data = tmp_path / "long.jsonl"
+    answers = ["故宫、颐和园。", "长城"]
+    row = {"prompt": "请问北京有什么好玩的景点？" * 20, "chosen": answers[0], "rejected": answers[1]}
+    data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    tokenizer = load_tokenizer(tiny_sft)
+    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32)
+    (ranking,) = dpo.encode_rankings(cfg, tokenizer)
+    for ids, n_prompt, answer in zip(ranking.rows, ranking.prompt_lens, answers):
+        assert len(ids) == 32 and 0 < n_prompt < 32
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[n_prompt:-1]) == answer

@@ -139,11 +139,11 @@ def run(cfg: DPOConfig):
 
 @dataclass
 class EncodedRanking:
-    """A ranking ready for the policy: token ids of each `chat(prompt) + response (+ EOS)`, the prompt length,
-    and the (winner, loser) pairs."""
+    """A ranking ready for the policy: token ids of each `chat(prompt) + response (+ EOS)`, how many of each row's
+    tokens are prompt (fewer where a long row lost its first tokens to max_len), and the (winner, loser) pairs."""
 
     rows: list[list[int]]
-    prompt_len: int
+    prompt_lens: list[int]
     pairs: list[tuple[int, int]]
 
 
@@ -155,10 +155,13 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
             tokenizer(format_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
         )
         ended = item.ended or [True] * len(item.responses)
-        rows = [
-            encode_response(tokenizer, item.prompt, r, e, cfg.max_len) for r, e in zip(item.responses, ended)
-        ]
-        rankings.append(EncodedRanking(rows, prompt_len, item.pairs()))
+        rows, prompt_lens = [], []
+        for response, e in zip(item.responses, ended):
+            row = encode_response(tokenizer, item.prompt, response, e, cfg.max_len)
+            full = prompt_len + len(tokenizer(response, add_special_tokens=False)["input_ids"]) + int(e)
+            rows.append(row)
+            prompt_lens.append(max(prompt_len - (full - len(row)), 0))  # encode_response cuts from the left
+        rankings.append(EncodedRanking(rows, prompt_lens, item.pairs()))
     return rankings
 
 
@@ -179,7 +182,7 @@ def pair_index(batch: list[EncodedRanking], device) -> tuple[torch.Tensor, torch
 def response_logprobs(policy, batch: list[EncodedRanking], pad_id: int, device) -> torch.Tensor:
     """log π(y|x) of every response of every ranking, in one forward. (N,)"""
     rows = [row for ranking in batch for row in ranking.rows]
-    prompt_lens = [ranking.prompt_len for ranking in batch for _ in ranking.rows]
+    prompt_lens = [n for ranking in batch for n in ranking.prompt_lens]
     ids, mask = right_pad(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     response = mask.clone()
