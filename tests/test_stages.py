@@ -1,6 +1,7 @@
 """Step0 (pretrain) and Step1 (SFT) on tiny models: something is learned, what is saved loads as a stock HF model,
 and an interrupted run resumes to exactly the weights and metrics of an uninterrupted one."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -142,6 +143,38 @@ def test_vocab_mismatch_names_both_sizes(tiny_gpt, tmp_path):
     with pytest.raises(ValueError, match=rf"where: the tokenizer has {len(tokenizer)} tokens.* has 100"):
         check_vocab(AutoModelForCausalLM.from_pretrained(small), tokenizer, "where")
     check_vocab(AutoModelForCausalLM.from_pretrained(tiny_gpt), tokenizer, "fine")  # matching sizes pass
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["ppo --ref-policy", "ppo --value-model", "dpo --ref-policy", "eval --models", "eval --judge"],
+)
+def test_every_second_model_is_checked_against_the_tokenizer(
+    where, tiny_sft, tiny_reward, tiny_comparisons, tmp_path
+):
+    from rlhfkit.config import DPOConfig, EvalConfig, PPOConfig
+    from rlhfkit.evaluate import run as evaluate
+    from rlhfkit.stages import dpo, ppo
+
+    tokenizer = load_tokenizer(tiny_sft)
+    small = str(tiny_llama_dir(tmp_path / "small", tokenizer, vocab_size=100))
+    out = str(tmp_path / "out")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    ppo_cfg = PPOConfig(out=out, policy=str(tiny_sft), reward_model=str(tiny_reward), iterations=1)
+    runs = {
+        "ppo --ref-policy": lambda: ppo.run(dataclasses.replace(ppo_cfg, ref_policy=small)),
+        "ppo --value-model": lambda: ppo.run(dataclasses.replace(ppo_cfg, value_model=small)),
+        "dpo --ref-policy": lambda: dpo.run(
+            DPOConfig(out=out, policy=str(tiny_sft), ref_policy=small, data=str(tiny_comparisons))
+        ),
+        "eval --models": lambda: evaluate(EvalConfig(out=out, models=[f"sft={tiny_sft}", f"small={small}"])),
+        "eval --judge": lambda: evaluate(
+            EvalConfig(out=out, models=[f"sft={tiny_sft}"], prompts=str(prompts), judge=small)
+        ),
+    }
+    with pytest.raises(ValueError, match=rf"{where} .*the tokenizer has {len(tokenizer)} tokens.* has 100"):
+        runs[where]()
 
 
 # --- Step1 ----------------------------------------------------------------------------------------------------

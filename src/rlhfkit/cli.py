@@ -145,11 +145,12 @@ def _generate(args: GenerateArgs) -> None:
     repeated = [p for p in prompts for _ in range(args.num_samples)]
     if args.best_of_n > 1:
         from rlhfkit.evaluate import best_of_n
-        from rlhfkit.modeling import load_reward_model
+        from rlhfkit.modeling import check_vocab, load_reward_model
 
         if not args.reward_model:
             raise ValueError("generate --best-of-n needs --reward-model DIR")
         reward_model = load_reward_model(args.reward_model, tokenizer.pad_token_id).eval()
+        check_vocab(reward_model, tokenizer, f"generate --reward-model {args.reward_model}")
         answers = best_of_n(
             model,
             reward_model,

@@ -201,7 +201,7 @@ def run(cfg):
     import time
     from pathlib import Path
 
-    from rlhfkit.modeling import is_chat_model, load_causal_lm
+    from rlhfkit.modeling import check_vocab, is_chat_model, load_causal_lm
     from rlhfkit.rollout import generate_answers
     from rlhfkit.tokenizer import load_tokenizer
     from rlhfkit.training import console
@@ -218,6 +218,7 @@ def run(cfg):
     seed_prompts = seed_prompt_list(cfg)
     tokenizer = load_tokenizer(models[cfg.reference])
     kl_ref = load_causal_lm(cfg.kl_reference or models[cfg.reference]).eval()
+    check_vocab(kl_ref, tokenizer, f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}")
     heldout = heldout_texts(cfg.heldout_text)
 
     answers, seed_answers, report_models, seconds = {}, {}, {}, {}
@@ -225,6 +226,7 @@ def run(cfg):
         start = time.time()
         with console.status(f"[eval] {name}: sampling {len(repeated)} answers"):
             model = load_causal_lm(path).eval()
+            check_vocab(model, tokenizer, f"eval --models {name}={path} (with {cfg.reference}'s tokenizer)")
             chat = is_chat_model(path)
             answer = functools.partial(
                 generate_answers,
@@ -257,6 +259,7 @@ def run(cfg):
         if not cfg.reward_model:
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
         rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id).eval()
+        check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}")
         base = load_causal_lm(models[cfg.reference]).eval()
         start, ns = time.time(), sorted(set(cfg.best_of_n))
         with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):
@@ -348,7 +351,7 @@ def load_eval_prompts(cfg):
     if cfg.judge is None:
         raise ValueError("eval: prompts outside the embedded world need --judge REWARD_MODEL_DIR")
     from rlhfkit.data import load_prompts
-    from rlhfkit.modeling import load_reward_model
+    from rlhfkit.modeling import check_vocab, load_reward_model
     from rlhfkit.stages.reward import score_responses
     from rlhfkit.tokenizer import load_tokenizer
 
@@ -364,6 +367,7 @@ def load_eval_prompts(cfg):
         prompts, families = [r.prompt for r in rows], [str(r.meta.get("family", "all")) for r in rows]
     judge_tokenizer = load_tokenizer(cfg.judge)
     judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id).eval()
+    check_vocab(judge_model, judge_tokenizer, f"eval --judge {cfg.judge}")
 
     def judge(prompt, a, b):
         if a == b:  # the same answer: a tie, whatever float noise the two rows of one batch would show

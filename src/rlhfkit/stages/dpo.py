@@ -55,6 +55,7 @@ def run(cfg: DPOConfig):
     policy.eval()  # no dropout: the same network as the cached reference computation
     rankings = encode_rankings(cfg, tokenizer)
     ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval()
+    check_vocab(ref_policy, tokenizer, f"dpo --ref-policy {cfg.ref_policy or cfg.policy}")
     n_responses = sum(len(r.rows) for r in rankings)
     with console.status(f"[dpo] caching reference log-probs of {n_responses} responses"):
         ref_logps = cached_logprobs(ref_policy, rankings, tokenizer.pad_token_id)  # one (K,) per ranking

@@ -105,6 +105,7 @@ def run(cfg: PPOConfig, reward_fn=None):
         policy.eval()  # get_peft_model returns a model in train mode
     else:
         ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
+        check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}")
     reward_model = None
     if reward_fn is None:
         reward_model = (
@@ -316,7 +317,9 @@ def make_value_model(cfg: PPOConfig, policy, tokenizer):
     """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's."""
     source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
     if not cfg.shared_trunk:
-        return TokenScores(load_reward_model(source, tokenizer.pad_token_id).eval())
+        value_model = load_reward_model(source, tokenizer.pad_token_id).eval()
+        check_vocab(value_model, tokenizer, f"ppo --value-model {source}")
+        return TokenScores(value_model)
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)
     if source and Path(source).exists():
