@@ -215,8 +215,8 @@ def test_build_examples_truncates_and_rejects_prompt_only(tiny_gpt):
     [example] = build_examples([(prompt, "重庆有洪崖洞。" * 10)], tokenizer, max_len=n_context + 3)
     assert len(example.input_ids) == len(example.labels) == n_context + 3
     assert sum(label != -100 for label in example.labels) == 3
-    with pytest.raises(ValueError, match="max_len"):
-        build_examples([(prompt, "重庆")], tokenizer, max_len=n_context)
+    with pytest.raises(ValueError, match="data.jsonl: demonstration 2: .*max_len"):
+        build_examples([("北京", "故宫。"), (prompt, "重庆")], tokenizer, n_context, "data.jsonl")
 
 
 def test_sft_loss_falls_and_saves_a_chat_model(tiny_sft):
@@ -232,18 +232,20 @@ def test_sft_loss_falls_and_saves_a_chat_model(tiny_sft):
 
 def test_sft_with_lora_saves_a_merged_model(tiny_gpt, tmp_path):
     out = tmp_path / "lora"
-    sft.run(
-        SFTConfig(
-            out=str(out),
-            model=str(tiny_gpt),
-            lora_r=4,
-            max_steps=6,
-            batch_size=8,
-            max_len=64,
-            lr=1e-2,
-            log_every=1,
-        )
+    cfg = SFTConfig(
+        out=str(out),
+        model=str(tiny_gpt),
+        lora_r=4,
+        max_steps=6,
+        batch_size=8,
+        max_len=64,
+        lr=1e-2,
+        log_every=1,
     )
+    sft.run(cfg)
+    sft.run(dataclasses.replace(cfg, out=str(tmp_path / "again")))
+    first, again = weights(out), weights(tmp_path / "again")
+    assert all(torch.equal(first[n], again[n]) for n in first)  # seeded: the adapters' initialisation too
     assert not (out / "adapter_config.json").exists()
     merged, base = weights(out), weights(tiny_gpt)
     assert not any("lora" in name for name in merged)

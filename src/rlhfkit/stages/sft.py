@@ -18,7 +18,7 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.modeling import check_vocab, load_causal_lm
 from rlhfkit.stages.lm import LMExample, is_finished, train_lm
 from rlhfkit.tokenizer import format_messages, format_prompt, load_tokenizer
-from rlhfkit.training import console
+from rlhfkit.training import console, seed_everything
 
 
 def run(cfg: SFTConfig):
@@ -28,8 +28,9 @@ def run(cfg: SFTConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
     check_vocab(model, tokenizer, f"sft --model {cfg.model}")
-    examples = build_examples(load_demonstrations(cfg), tokenizer, cfg.max_len)
+    examples = build_examples(load_demonstrations(cfg), tokenizer, cfg.max_len, f"sft --data {cfg.data}")
     if cfg.lora_r > 0:
+        seed_everything(cfg.seed)  # the adapters' random initialisation is part of the run
         model = add_lora(model, cfg)
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(examples) / (cfg.batch_size * cfg.grad_accum))
     console.print(f"[sft] {len(examples)} demonstrations, {steps} steps")
@@ -49,10 +50,10 @@ def load_demonstrations(cfg: SFTConfig) -> list[tuple[str, str] | list[dict]]:
     ]
 
 
-def build_examples(demos, tokenizer, max_len: int) -> list[LMExample]:
+def build_examples(demos, tokenizer, max_len: int, source: str = "sft") -> list[LMExample]:
     """Tokenize context and answer separately (as at sampling time) and mask the context's labels."""
     examples = []
-    for demo in demos:
+    for number, demo in enumerate(demos, start=1):
         if isinstance(demo, tuple):
             context, answer = format_prompt(tokenizer, demo[0]), demo[1]
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -64,7 +65,8 @@ def build_examples(demos, tokenizer, max_len: int) -> list[LMExample]:
         labels = ([-100] * len(context_ids) + answer_ids)[:max_len]
         if all(label == -100 for label in labels):
             raise ValueError(
-                f"a demonstration's prompt alone fills max_len={max_len} tokens; raise --max-len"
+                f"{source}: demonstration {number}: its prompt alone fills max_len={max_len} tokens, leaving "
+                "nothing to learn; raise --max-len or shorten the prompt"
             )
         examples.append(LMExample(ids, labels))
     return examples
