@@ -265,3 +265,18 @@ def test_ppo_with_the_tiny_reward_model(tiny_sft, tiny_reward, tmp_path):
     assert not torch.equal(value.score.weight.detach(), rm_head)
     assert read_meta(out)["complete"] is True
     AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_value_head_on_the_policy_trunk_trains(lora_r, tiny_sft, tmp_path):
+    out = tmp_path / "shared"
+    ppo.run(toy_config(out, tiny_sft, shared_trunk=True, lora_r=lora_r, log_every=1), toy_reward)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["v_loss"]) for r in rows)
+    assert not (out / "value_model").exists()  # the head lives on the policy, nothing separate to save
+
+
+def test_rloo_batch_must_hold_whole_groups_of_samples(tiny_sft, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size 6 must be a multiple of --rloo-k 4"):
+        ppo.run(toy_config(tmp_path / "rloo", tiny_sft, algo="rloo", batch_size=6, rloo_k=4), toy_reward)

@@ -86,6 +86,11 @@ def run(cfg: PPOConfig, reward_fn=None):
         return None
     if cfg.algo not in ("ppo", "rloo"):
         raise ValueError(f"ppo --algo {cfg.algo!r}: use 'ppo' or 'rloo'")
+    if cfg.algo == "rloo" and (cfg.rloo_k < 2 or cfg.batch_size % cfg.rloo_k):
+        raise ValueError(
+            f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
+            "each prompt is sampled rloo_k times"
+        )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
@@ -348,7 +353,7 @@ def values_of(value_model, policy, batch: SampleBatch, cfg: PPOConfig) -> torch.
     """V(s_t) for each response token t: the head at the position just before the token. (B, R)"""
     P = batch.prompt_width
     if cfg.shared_trunk:
-        trunk = backbone(policy)
+        trunk = backbone(policy.get_base_model() if hasattr(policy, "get_base_model") else policy)  # LoRA
         hidden = trunk(
             input_ids=batch.sequences,
             attention_mask=batch.attention_mask,
