@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import rlhfkit.stages.lm
+import rlhfkit.training
 from conftest import TINY_PRETRAIN, read_jsonl
 from rlhfkit.config import PretrainConfig, SFTConfig
 from rlhfkit.modeling import check_vocab, read_meta
@@ -105,6 +106,32 @@ def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, monkeypatch, capsys):
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
     assert read_meta(interrupted)["complete"] is True
     assert not (interrupted / "checkpoint").exists()
+
+
+def test_resume_takes_a_new_learning_rate(tiny_gpt, tmp_path, monkeypatch):
+    # After a NaN the message says: lower the learning rate, then --resume. The schedule must then use it.
+    out, lr = tmp_path / "run", TINY_PRETRAIN.get("lr", PretrainConfig.lr)
+    calls = []
+    real_loss = rlhfkit.stages.lm.lm_loss
+
+    def loss_interrupted_at_step_9(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_9)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.run(resume_config(out, tiny_gpt, log_every=1))
+    pretrain.run(resume_config(out, tiny_gpt, log_every=1, resume=True, lr=lr / 10))
+    rows = {r["step"]: r["lr"] for r in read_jsonl(out / "metrics.jsonl")}
+    warmup = PretrainConfig.warmup_steps
+    schedule = rlhfkit.training.cosine_schedule(torch.optim.SGD([torch.zeros(1)], lr=1.0), warmup, 12)
+    factors = [schedule.lr_lambdas[0](step) for step in range(1, 13)]  # the lr logged after step s
+    assert rows[8] == pytest.approx(lr * factors[7])
+    assert rows[9] == pytest.approx(lr / 10 * factors[8])
+    assert rows[12] == pytest.approx(lr / 10 * factors[11])
 
 
 def test_resume_of_a_finished_run_does_nothing(tiny_gpt, monkeypatch):

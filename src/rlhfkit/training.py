@@ -120,8 +120,8 @@ def check_finite(step: int, **values: float) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise TrainingError(
-                f"step {step}: {name} = {value}; stopping. The last good checkpoint is kept — "
-                "lower the learning rate or check the data, then run again with --resume"
+                f"step {step}: {name} = {value}; stopping. Checkpoints already written (--save-every) are kept — "
+                "lower the learning rate or check the data, then run again with --resume (it takes the new --lr)"
             )
 
 
@@ -147,12 +147,22 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, out_dir: str | Path) -> dict | None:
-    """Restore everything `save_checkpoint` wrote; None when there is no checkpoint to resume from."""
+def load_checkpoint(accelerator: Accelerator, out_dir: str | Path, scheduler=None) -> dict | None:
+    """Restore everything `save_checkpoint` wrote; None when there is no checkpoint to resume from.
+
+    The learning rates are this run's: given the `scheduler`, a run resumed with a new --lr (say, after a NaN)
+    continues the schedule from the checkpoint's step with the new peak, instead of the checkpoint's."""
     ckpt = Path(out_dir) / CHECKPOINT_DIR
     if not (ckpt / "trainer_state.json").exists():
         return None
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds the torch scheduler
+    configured = list(scheduler.base_lrs) if scheduler is not None else None
     accelerator.load_state(str(ckpt))
+    if scheduler is not None and list(scheduler.base_lrs) != configured:
+        console.print(f"[resume] peak learning rate {scheduler.base_lrs} → {configured}, as configured now")
+        scheduler.base_lrs = configured
+        for group, peak, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas):
+            group["lr"] = peak * factor(scheduler.last_epoch)
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 

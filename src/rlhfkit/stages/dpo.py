@@ -67,7 +67,7 @@ def run(cfg: DPOConfig):
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
         start = state["step"]
         console.print(f"[dpo] resuming from {out}/checkpoint at step {start}")
     n_pairs = sum(len(r.pairs) for r in rankings)

@@ -51,7 +51,7 @@ def train_lm(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
         start = state["step"]
         console.print(f"[{stage}] resuming from {out}/checkpoint at step {start}")
 

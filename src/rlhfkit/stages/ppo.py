@@ -155,7 +155,7 @@ def run(cfg: PPOConfig, reward_fn=None):
         accelerator.register_for_checkpointing(value_model)
 
     start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
         start = state["step"]
         console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
 

@@ -80,7 +80,7 @@ def run(cfg: RewardConfig):
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out)):
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
         start = state["step"]
         console.print(f"[reward] resuming from {out}/checkpoint at step {start}")
     # A fixed train subset as large as the val set: the train/val accuracy gap measures over-fitting.
