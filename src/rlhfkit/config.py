@@ -286,14 +286,42 @@ def _without_none(kind):
     return args[0] if typing.get_origin(kind) is not list and len(args) == 1 else kind
 
 
-def parse_setting(cls: type, key: str, text: str):
-    """One `KEY=VALUE` override as the field's declared type, as the stage's `--KEY TEXT` flag reads it."""
-    types = _field_types(cls)
-    if key not in types:
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a float", str: "a string"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_setting(cls: type, key: str, value):
+    """One setting as the field's declared type, read as the stage's `--KEY VALUE` flag reads it: the text of a
+    `KEY=VALUE` override, or a YAML value, which is not typed either (YAML 1.1 reads `1e-4` as a string). A single
+    value for a list field is a one-element list, as `--KEY VALUE` gives; anything else is a ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
         raise ValueError(f"{key}: not a {cls.__name__} setting (see the stage's --help)")
-    kind = _without_none(types[key])
+    declared = _field_types(cls)[key]
+    if value is None and (type(None) in typing.get_args(declared) or fields[key].default is None):
+        return None
+    kind = _without_none(declared)
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+    try:
+        if item is None:
+            return _read(kind, value)
+        return [_read(item, v) for v in (value if isinstance(value, list) else [value])]
+    except ValueError:
+        expected = _TYPE_NAMES.get(kind) if item is None else f"{_TYPE_NAMES.get(item)} or a list of them"
+        raise ValueError(f"{key}: expected {expected}, got {value!r}") from None
+
+
+def _read(kind: type, value):
+    """`value` as `kind`, through its text as the flag reads it: `7.5` is no integer and `true` no float there."""
+    if kind is bool and isinstance(value, bool):
+        return value
+    if value is None or isinstance(value, (list, dict)):
+        raise ValueError(value)
+    text = str(value)
     if kind is bool:
-        return text.lower() in ("1", "true", "yes")
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(text)
+        return text.lower() in _TRUE
     return kind(text)
 
 
@@ -307,16 +335,39 @@ def from_args(cls: type, namespace: argparse.Namespace):
     return cls(**values)
 
 
-def load_yaml(path: str | Path, cls: type) -> dict:
-    """Read a YAML mapping and check its keys against the dataclass, naming the file and the bad key."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file's mapping; a syntax error is a one-line ValueError naming the file, not a parser traceback."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def yaml_settings(cls: type, values, path: str | Path, section: str = "") -> dict:
+    """`values` read from the YAML file `path` (its `section`, if given) as their fields' types (`parse_setting`);
+    an error names the file, section.key and the expected type."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: {section}: expected a mapping of settings, got {values!r}")
+    try:
+        return {key: parse_setting(cls, key, value) for key, value in values.items()}
+    except ValueError as err:
+        raise ValueError(f"{path}: {section + '.' if section else ''}{err}") from None
+
+
+def load_yaml(path: str | Path, cls: type) -> dict:
+    """Read a YAML mapping and check its keys and values against the dataclass, naming the file and the bad key."""
+    data = read_yaml(path)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
-    return data
+    return yaml_settings(cls, data, path)
 
 
 def to_yaml(config) -> str:

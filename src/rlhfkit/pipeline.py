@@ -234,12 +234,16 @@ def resolved_dict(cfg: PipelineConfig, steps: dict) -> dict:
 
 def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
     """CLI: --config FILE.yaml may hold top-level settings and per-step sections; flags win."""
-    data = {}
-    if getattr(namespace, "config", None):
-        data = yaml.safe_load(Path(namespace.config).read_text(encoding="utf-8")) or {}
+    path = getattr(namespace, "config", None)
+    data = C.read_yaml(path) if path else {}
     top_names = {f.name for f in dataclasses.fields(PipelineConfig)}
-    top = {k: v for k, v in data.items() if k in top_names}
-    sections = {k: v for k, v in data.items() if k not in top_names}
+    top = C.yaml_settings(PipelineConfig, {k: v for k, v in data.items() if k in top_names}, path)
+    # Values are typed here, where the file is known; `resolve` names unknown sections.
+    sections = {
+        k: C.yaml_settings(STEP_CONFIGS[k], v or {}, path, k) if k in STEP_CONFIGS else v
+        for k, v in data.items()
+        if k not in top_names
+    }
     for f in dataclasses.fields(PipelineConfig):
         given = getattr(namespace, f.name, None)
         if given is not None:
