@@ -219,3 +219,38 @@ def test_label_rounds_rank_each_prompt_again_by_another_labeler(tiny_sft, tmp_pa
         assert first["responses"] != second["responses"]  # fresh samples
     with pytest.raises(ValueError, match="rounds"):
         label.run(LabelConfig(out=str(out), model=str(tiny_sft), prompts=str(prompts), rounds=0))
+
+
+def test_comparisons_outside_the_world_are_centred_on_their_best_answers(tiny_sft, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": f"What is {a} plus {b}?", "chosen": f"{a + b}.", "rejected": "I do not know."}
+        for a in range(4)
+        for b in range(4)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    model = reward.run(
+        RewardConfig(
+            out=str(out), model=str(tiny_sft), data=str(data), max_steps=2, batch_size=4, val_fraction=0
+        )
+    )
+    assert "not the embedded world's: the reward is centred on their best-ranked answers" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    tokenizer = load_tokenizer(out)
+    chosen = score_responses(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    assert abs(chosen.mean().item()) < 1e-4  # bias included: the chosen answers average 0
+
+
+def test_label_refuses_prompts_its_labelers_cannot_judge(tiny_sft, tmp_path):
+    from rlhfkit.config import LabelConfig
+    from rlhfkit.stages import label
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "请问北京有什么好玩的景点？"}) + "\n" + json.dumps({"prompt": "Hi!"}) + "\n"
+    )
+    cfg = LabelConfig(out=str(tmp_path / "c.jsonl"), model=str(tiny_sft), prompts=str(prompts))
+    with pytest.raises(ValueError, match=r"prompt 2 \('Hi!'\) and 0 more are not the embedded world's"):
+        label.run(cfg)

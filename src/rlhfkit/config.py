@@ -52,7 +52,9 @@ class PretrainConfig(TrainArgs):
         "world", "pretraining text: a {'text'} JSONL/dataset file, or 'world' for the embedded corpus"
     )
     world_docs: int = arg(4000, "documents generated when data = world")
-    tokenizer: str | None = arg(None, "existing tokenizer dir; default: train a byte-level BPE on the data")
+    tokenizer: str | None = arg(
+        None, "existing tokenizer dir; default: the --model's own, or a byte-level BPE trained on the data"
+    )
     vocab_size: int = arg(3000, "BPE vocabulary size when training a tokenizer")
     model: str | None = arg(None, "existing HF causal LM to continue pretraining; default: a new tiny Llama")
     hidden_size: int = arg(128, "default model: hidden size")

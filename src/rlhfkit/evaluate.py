@@ -220,6 +220,11 @@ def run(cfg):
     kl_ref = load_causal_lm(cfg.kl_reference or models[cfg.reference]).eval()
     check_vocab(kl_ref, tokenizer, f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}")
     heldout = heldout_texts(cfg.heldout_text)
+    if heldout and cfg.heldout_text == "world" and cfg.prompts != "world":
+        console.print(
+            "[eval] pretrain_ppl is measured on the embedded world's held-out text "
+            "(--heldout-text FILE for your own pretraining text, --heldout-text '' to skip it)"
+        )
 
     answers, seed_answers, report_models, seconds = {}, {}, {}, {}
     for name, path in models.items():

@@ -30,6 +30,16 @@ def run(cfg: LabelConfig) -> Path:
         raise ValueError(f"label --rounds {cfg.rounds}: rank each prompt at least once")
     # Each round samples K fresh answers for every prompt and gives them to the next labeler in turn.
     base = prompt_texts(cfg.prompts, "rm")
+    if cfg.prompts != "world":
+        from rlhfkit.world import parse_prompt
+
+        foreign = [n for n, p in enumerate(base, start=1) if parse_prompt(p) is None]
+        if foreign:
+            raise ValueError(
+                f"label --prompts {cfg.prompts}: prompt {foreign[0]} ({base[foreign[0] - 1][:40]!r}) and "
+                f"{len(foreign) - 1} more are not the embedded world's, and its simulated labelers can rank answers "
+                "only to those. Rank your own answers (K-wise or pairwise JSONL) and give them to rlhfkit reward --data"
+            )
     prompts = [p for _ in range(cfg.rounds) for p in base]
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model).eval()

@@ -125,6 +125,20 @@ def run(cfg: PPOConfig, reward_fn=None):
         value_model = make_value_model(cfg, policy, tokenizer)
     prompts = prompt_texts(cfg.prompts, "rl")
     ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
+    world = [
+        what
+        for what, used in (
+            ("RL prompts", cfg.prompts == "world"),
+            ("ptx text", ptx_blocks and cfg.ptx_data == "world"),
+        )
+        if used
+    ]
+    if (
+        world
+    ):  # the defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts
+        console.print(
+            f"[{cfg.algo}] {' and '.join(world)}: the embedded world's (--prompts / --ptx-data FILE for yours)"
+        )
 
     n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
     episodes = n_prompts * (cfg.rloo_k if cfg.algo == "rloo" else 1)

@@ -130,7 +130,7 @@ def run(cfg: RewardConfig):
                 save_checkpoint(accelerator, out, done)
 
     final = accelerator.unwrap_model(model).model.eval()
-    bias, scale = centre_on_demonstrations(final, tokenizer, cfg)
+    bias, scale = centre_on_demonstrations(final, tokenizer, cfg, train_items)
     final.config.reward_bias, final.config.reward_std = bias, scale
     if accelerator.is_main_process:
         save_model(
@@ -285,13 +285,22 @@ def score_responses(
     return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
 
 
-def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig) -> tuple[float, float]:
-    """Bias that gives the SFT demonstrations mean reward 0 (InstructGPT), and the reward std on them."""
+def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig, items: list[Ranked]) -> tuple[float, float]:
+    """Bias that gives the SFT demonstrations mean reward 0 (InstructGPT), and the reward std on them.
+
+    The default, 'world', means the embedded world's demonstrations; for comparisons that are not the world's
+    (a user's data), their own best-ranked answers stand in for demonstrations, and the run says so."""
     if not cfg.demonstrations:
         return 0.0, 1.0
-    if cfg.demonstrations == "world":
-        from rlhfkit.world import demonstrations
+    from rlhfkit.world import demonstrations, parse_prompt
 
+    if cfg.demonstrations == "world" and any(parse_prompt(item.prompt) is None for item in items):
+        console.print(
+            "[reward] these comparisons are not the embedded world's: the reward is centred on their best-ranked "
+            "answers (--demonstrations FILE centres it on your SFT data, --demonstrations '' not at all)"
+        )
+        pairs = [(item.prompt, item.responses[item.ranks.index(min(item.ranks))]) for item in items]
+    elif cfg.demonstrations == "world":
         pairs = [(d["prompt"], d["completion"]) for d in demonstrations()]
     else:
         from rlhfkit.data import load_sft
