@@ -3,6 +3,7 @@ import torch
 import transformers
 from transformers import LlamaConfig
 
+from rlhfkit import rollout
 from rlhfkit.modeling import position_ids
 from rlhfkit.rollout import FastSampler, left_pad, response_logprobs, sample, sample_token
 
@@ -34,17 +35,50 @@ def tiny_config(cls=LlamaConfig, **overrides):
 def build(config):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # biases start at 0: make them count, so a dropped one shows
+                param.normal_(0, 0.5)
     return model
 
 
+ROPE_THETA = 10000.0
 CONFIGS = {
     "llama": lambda: tiny_config(),
     "llama-gqa": lambda: tiny_config(num_key_value_heads=2),
     "llama-mqa-tied": lambda: tiny_config(num_key_value_heads=1, tie_word_embeddings=True),
+    # q/k/v/o biases; gate/up/down biases
+    "llama-attention-bias": lambda: tiny_config(num_key_value_heads=2, attention_bias=True),
+    "llama-mlp-bias": lambda: tiny_config(mlp_bias=True),
+    "llama-head-dim-16": lambda: tiny_config(num_key_value_heads=2, head_dim=16),  # hidden / heads = 8
+    # RoPE types with fixed frequencies: other inverse frequencies (linear, llama3) or a cos/sin scale (yarn)
+    "llama-rope-linear": lambda: tiny_config(
+        rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=ROPE_THETA)
+    ),
+    "llama-rope-llama3": lambda: tiny_config(
+        rope_parameters=dict(
+            rope_type="llama3",
+            factor=4.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+            rope_theta=ROPE_THETA,
+        )
+    ),
+    "llama-rope-yarn": lambda: tiny_config(
+        rope_parameters=dict(
+            rope_type="yarn", factor=2.0, original_max_position_embeddings=32, rope_theta=ROPE_THETA
+        )
+    ),
 }
 if hasattr(transformers, "Qwen2Config"):
     # Qwen2 adds q/k/v biases to the Llama block.
     CONFIGS["qwen2-gqa"] = lambda: tiny_config(transformers.Qwen2Config, num_key_value_heads=2)
+if hasattr(transformers, "MistralConfig"):
+    # Without a sliding window Mistral is the Llama block (windows: test_sliding_window_*).
+    CONFIGS["mistral-gqa"] = lambda: tiny_config(
+        transformers.MistralConfig, num_key_value_heads=2, sliding_window=None
+    )
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -92,6 +126,110 @@ def test_fast_sampler_ignores_padding(model):
         alone_ids, alone_mask = left_pad([prompt], PAD)
         alone = FastSampler.for_model(model).stepper(alone_ids, alone_mask, 1)(None)
         torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
+
+
+def logits_used_by_sample(model, monkeypatch, max_new_tokens=4, fast=True):
+    """The logits `sample` draws each token from, and the batch it sampled (EOS never comes)."""
+    seen = []
+
+    def recording(logits, *args):
+        seen.append(logits.clone())
+        return sample_token(logits, *args)
+
+    monkeypatch.setattr(rollout, "sample_token", recording)
+    batch = sample(
+        model, PROMPTS, -1, PAD, max_new_tokens, 1.0, 1.0, torch.Generator().manual_seed(0), fast=fast
+    )
+    monkeypatch.undo()
+    assert len(seen) == max_new_tokens
+    return seen, batch
+
+
+def assert_sample_uses_hf_logits(model, monkeypatch, max_new_tokens=4, fast=True):
+    """Each token `sample` drew came from the HF forward's logits for the prefix before it."""
+    seen, batch = logits_used_by_sample(model, monkeypatch, max_new_tokens, fast)
+    for n, logits in enumerate(seen):
+        width = batch.prompt_width + n
+        expected = hf_last_logits(model, batch.sequences[:, :width], batch.attention_mask[:, :width])
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_sample_draws_from_the_hf_logits(model, monkeypatch):
+    assert_sample_uses_hf_logits(model, monkeypatch)
+
+
+@pytest.mark.parametrize("bias", ["attention_bias", "mlp_bias"])
+def test_llama_biases_reach_the_sampled_logits(bias, monkeypatch):
+    """A Llama with `attention_bias` / `mlp_bias` samples from its HF logits, which its biases do change."""
+    model = build(tiny_config(**{bias: True}))
+    biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+    assert biases and all(p.abs().sum() > 0 for p in biases)
+    assert_sample_uses_hf_logits(model, monkeypatch)
+    with_biases, _ = logits_used_by_sample(model, monkeypatch, max_new_tokens=1)
+    with torch.no_grad():
+        for p in biases:
+            p.zero_()
+    without, _ = logits_used_by_sample(model, monkeypatch, max_new_tokens=1)
+    assert (with_biases[0] - without[0]).abs().max() > 0.1
+
+
+REFUSED = {
+    # RoPE whose frequencies the HF forward recomputes from the sequence length
+    "rope-dynamic": lambda: tiny_config(
+        rope_parameters=dict(rope_type="dynamic", factor=2.0, rope_theta=ROPE_THETA)
+    ),
+    "rope-longrope": lambda: tiny_config(
+        rope_parameters=dict(
+            rope_type="longrope",
+            short_factor=[1.0] * 4,
+            long_factor=[2.0] * 4,
+            original_max_position_embeddings=16,
+            rope_theta=ROPE_THETA,
+        )
+    ),
+    # RoPE over half of each head
+    "rope-partial": lambda: tiny_config(
+        rope_parameters=dict(rope_type="linear", factor=2.0, partial_rotary_factor=0.5, rope_theta=ROPE_THETA)
+    ),
+    "gelu": lambda: tiny_config(hidden_act="gelu"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_fast_sampler_refuses_configs_it_does_not_reproduce(name):
+    model = build(REFUSED[name]())
+    assert FastSampler.for_model(model) is None
+    assert FastSampler.for_model(model, max_length=8) is None
+
+
+WINDOWED = {  # window -> config, with no window for None
+    "mistral": lambda window: tiny_config(
+        transformers.MistralConfig, num_key_value_heads=2, sliding_window=window
+    ),
+    "qwen2": lambda window: tiny_config(
+        transformers.Qwen2Config,
+        num_key_value_heads=2,
+        use_sliding_window=window is not None,
+        sliding_window=window,
+        max_window_layers=0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_sliding_window_is_served_only_where_it_masks_nothing(name, monkeypatch):
+    """Window 8, prompts padded to 6: FastSampler runs 6 + 2 tokens, not 6 + 6 (nor an unknown length), where the
+    window hides keys and `sample` falls back to the HF forward."""
+    model = build(WINDOWED[name](8))
+    assert isinstance(FastSampler.for_model(model, max_length=8), FastSampler)
+    assert FastSampler.for_model(model, max_length=9) is None
+    assert FastSampler.for_model(model) is None
+    assert_sample_uses_hf_logits(model, monkeypatch, max_new_tokens=2)
+    assert_sample_uses_hf_logits(model, monkeypatch, max_new_tokens=6)
+    # the window does mask something at 6 + 6: the same weights without one give other logits at the end
+    seen, batch = logits_used_by_sample(model, monkeypatch, max_new_tokens=6)
+    full = hf_last_logits(build(WINDOWED[name](None)), batch.sequences[:, :-1], batch.attention_mask[:, :-1])
+    assert (seen[-1] - full).abs().max() > 1e-2
 
 
 def greedy(model, eos_id, fast, max_new_tokens=8):

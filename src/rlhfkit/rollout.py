@@ -10,7 +10,8 @@ changes nothing. Sampling tiny models with `model.generate` is overhead-bound (6
 arithmetic needs < 1 ms), so for Llama-family models (Llama, Mistral, Qwen2 — the same block) sampling runs a lean
 loop over the model's own weights: fused QKV and gate/up matrices, a preallocated static KV cache, and no per-step
 Python beyond the layer loop. `FastSampler` is tested to give the same logits as the HF forward for the same
-prefix; any other architecture samples through the HF forward with its KV cache.
+prefix; any other architecture, and any config option it does not reproduce (see `FastSampler.for_model`), samples
+through the HF forward with its KV cache.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def sample(
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    sampler = FastSampler.for_model(model) if fast else None
+    sampler = FastSampler.for_model(model, max_length=ids.shape[1] + max_new_tokens) if fast else None
     step = sampler.stepper(ids, mask, max_new_tokens) if sampler else _hf_stepper(model, ids, mask)
     B = ids.shape[0]
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -150,10 +151,14 @@ class FastSampler:
     """A lean forward over the weights of a Llama-family model, for sampling only (no grad, static KV cache).
 
     Same maths as `LlamaForCausalLM.forward`: RMSNorm → attention with RoPE (the model's own inverse
-    frequencies) → residual → RMSNorm → SwiGLU MLP → residual; final norm; LM head.
+    frequencies) → residual → RMSNorm → SwiGLU MLP → residual; final norm; LM head. The linear layers' biases
+    (Llama's `attention_bias` / `mlp_bias`, Qwen2's q/k/v biases) are added where the model has them.
     """
 
     SUPPORTED = {"llama", "mistral", "qwen2"}
+    # RoPE types whose inverse frequencies and cos/sin scale are fixed at init. "dynamic" and "longrope" recompute
+    # them in the forward from the sequence length, which the precomputed table here would not follow.
+    STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
     def __init__(self, model):
         cfg = model.config
@@ -166,18 +171,18 @@ class FastSampler:
         self.layers = []
         for layer in trunk.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv_b = None
-            if a.q_proj.bias is not None:
-                qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
             self.layers.append(
                 (
                     layer.input_layernorm.weight,
                     torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                    qkv_b,
+                    _fused_bias(a.q_proj, a.k_proj, a.v_proj),
                     a.o_proj.weight,
+                    a.o_proj.bias,
                     layer.post_attention_layernorm.weight,
                     torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                    _fused_bias(m.gate_proj, m.up_proj),
                     m.down_proj.weight,
+                    m.down_proj.bias,
                 )
             )
         self.norm = trunk.norm.weight
@@ -187,11 +192,16 @@ class FastSampler:
         self.max_positions = cfg.max_position_embeddings
 
     @classmethod
-    def for_model(cls, model) -> FastSampler | None:
+    def for_model(cls, model, max_length: int | None = None) -> FastSampler | None:
+        """A sampler for `model`, or None where it would not give the HF forward's logits (sample through HF).
+
+        `max_length` is the longest sequence (prompt + new tokens) it will run: a sliding-window model (Mistral,
+        Qwen2 with `use_sliding_window`) is served only when that is known to fit in the window, where the window
+        masks nothing. Refused: other architectures, activations other than SiLU, models in training mode or
+        wrapped (PEFT), dynamic / longrope RoPE, and RoPE over part of the head only.
+        """
         cfg = getattr(model, "config", None)
         if cfg is None or cfg.model_type not in cls.SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
-            return None
-        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
             return None
         if (
             not hasattr(model, "lm_head")
@@ -199,6 +209,17 @@ class FastSampler:
             or not hasattr(getattr(model, "model", None), "layers")
         ):
             return None  # e.g. a PeftModel: its adapters live outside these weights, so use the HF forward
+        rotary = getattr(model.model, "rotary_emb", None)
+        rope_type = getattr(rotary, "rope_type", None)
+        if not isinstance(rope_type, str) or rope_type not in cls.STATIC_ROPE:
+            return None
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if 2 * rotary.inv_freq.numel() != head_dim:  # partial rotary: the table here rotates the whole head
+            return None
+        # Mistral applies its window whenever `sliding_window` is set; Qwen2 sets it only with `use_sliding_window`.
+        window = getattr(cfg, "sliding_window", None)
+        if window is not None and (max_length is None or max_length > window):
+            return None
         return cls(model)
 
     def _rms(self, x, w):
@@ -251,7 +272,8 @@ class FastSampler:
         cos, sin = rope[0][positions].unsqueeze(2), rope[1][positions].unsqueeze(2)  # (B, t, 1, D)
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         half = hd // 2
-        for (ln1, w_qkv, b_qkv, w_o, ln2, w_gu, w_down), (k_cache, v_cache) in zip(self.layers, caches):
+        for layer, (k_cache, v_cache) in zip(self.layers, caches):
+            ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gu, b_gu, w_down, b_down = layer
             qkv = F.linear(self._rms(x, ln1), w_qkv, b_qkv).view(B, t, nq + 2 * nkv, hd)
             # RoPE on queries and keys together: x·cos + rotate_half(x)·sin
             qk = qkv[:, :, : nq + nkv]
@@ -265,10 +287,19 @@ class FastSampler:
                 keys = keys.repeat_interleave(nq // nkv, dim=1)
                 values = values.repeat_interleave(nq // nkv, dim=1)
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, t, nq * hd), w_o)
-            gate, up = F.linear(self._rms(x, ln2), w_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, t, nq * hd), w_o, b_o)
+            gate, up = F.linear(self._rms(x, ln2), w_gu, b_gu).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w_down, b_down)
         return F.linear(self._rms(x, self.norm), self.lm_head)
+
+
+def _fused_bias(*linears) -> torch.Tensor | None:
+    """The bias of the fused matrix of `linears` (None when they have none: F.linear then adds nothing)."""
+    if all(lin.bias is None for lin in linears):
+        return None
+    return torch.cat(
+        [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
