@@ -133,7 +133,11 @@ def test_yaml_config_runs_a_real_stage(tiny_sft, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "\n".join(
-            json.dumps({"prompt": p}, ensure_ascii=False) for p in ["去重庆玩什么？", "北京有什么好玩的？"]
+            json.dumps({"prompt": p}, ensure_ascii=False)
+            for p in [
+                "我想去重庆玩，有哪些好玩的地点呢？",
+                "请问北京有什么好玩的景点？",
+            ]  # the labelers know these
         )
         + "\n",
         encoding="utf-8",
@@ -145,7 +149,7 @@ def test_yaml_config_runs_a_real_stage(tiny_sft, tmp_path):
     )
     assert main(["label", "--config", str(path), "--k", "3"]) == 0
     rows = read_jsonl(out)
-    assert [r["prompt"] for r in rows] == ["去重庆玩什么？", "北京有什么好玩的？"]
+    assert [r["prompt"] for r in rows] == ["我想去重庆玩，有哪些好玩的地点呢？", "请问北京有什么好玩的景点？"]
     assert all(len(r["responses"]) == 3 and sorted(r["ranking"]) == [0, 1, 2] for r in rows)
 
 

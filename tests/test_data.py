@@ -121,6 +121,19 @@ def test_prompts_keep_extra_fields(tmp_path):
     assert loaded[1].prompt == "给孩子起名" and loaded[1].meta["messages"] == rows[1]["messages"]
 
 
+def test_conversations_are_kept_whole_as_context(tmp_path):
+    system = {"role": "system", "content": "你是导游"}
+    chat = [system, user("重庆有什么好玩的？"), assistant("洪崖洞"), user("还有呢？"), assistant("解放碑")]
+    [prompt] = load_prompts(write_lines(tmp_path / "prompts.jsonl", [{"messages": chat}]))
+    assert prompt.prompt == "还有呢？" and prompt.context == chat[:4]  # up to the last user turn
+    plain = Prompt("我想去成都玩")
+    assert plain.context == "我想去成都玩"
+    row = {"chosen": [*chat[:4], assistant("解放碑")], "rejected": [*chat[:4], assistant("故宫")]}
+    [item] = load_preferences(write_lines(tmp_path / "pairs.jsonl", [row]))
+    assert item.context == chat[:4]
+    assert Ranked("q", ["a", "b"], [1, 2]).context == "q"
+
+
 def test_blank_lines_are_counted_not_errors(tmp_path):
     path = write_lines(tmp_path / "corpus.jsonl", ["", {"text": "a"}, "   ", {"text": "b"}, ""])
     rows = load_pretrain(path)

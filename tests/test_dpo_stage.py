@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from conftest import read_jsonl
 from rlhfkit.config import DPOConfig
 from rlhfkit.stages import dpo
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import format_prompt, load_tokenizer
 
 
 def test_pair_index_weighs_every_ranking_the_same():
@@ -81,3 +81,20 @@ def test_a_prompt_longer_than_max_len_keeps_every_answer_token(tiny_sft, tmp_pat
         assert len(ids) == 32 and 0 < n_prompt < 32
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(ids[n_prompt:-1]) == answer
+
+
+def test_a_conversation_reaches_the_model_whole(tiny_sft, tmp_path):
+    # TRL's conversational rows: the system turn and earlier turns are part of what the answers are scored on.
+    turns = [{"role": "system", "content": "你是导游"}, {"role": "user", "content": "重庆有什么好玩的？"}]
+    row = {
+        "chosen": [*turns, {"role": "assistant", "content": "洪崖洞。"}],
+        "rejected": [*turns, {"role": "assistant", "content": "故宫。"}],
+    }
+    data = tmp_path / "conv.jsonl"
+    data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    tokenizer = load_tokenizer(tiny_sft)
+    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data))
+    (ranking,) = dpo.encode_rankings(cfg, tokenizer)
+    for ids, n_prompt in zip(ranking.rows, ranking.prompt_lens):
+        assert tokenizer.decode(ids[:n_prompt]) == format_prompt(tokenizer, turns)
+        assert "你是导游" in tokenizer.decode(ids[:n_prompt])

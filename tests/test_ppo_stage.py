@@ -280,3 +280,25 @@ def test_value_head_on_the_policy_trunk_trains(lora_r, tiny_sft, tmp_path):
 def test_rloo_batch_must_hold_whole_groups_of_samples(tiny_sft, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 6 must be a multiple of --rloo-k 4"):
         ppo.run(toy_config(tmp_path / "rloo", tiny_sft, algo="rloo", batch_size=6, rloo_k=4), toy_reward)
+
+
+def test_conversation_prompts_reach_the_policy_whole(tiny_sft, tmp_path):
+    system = {"role": "system", "content": "你是导游"}
+    rows = [
+        {"messages": [system, {"role": "user", "content": f"第{i}个城市有什么好玩的？"}]} for i in range(4)
+    ]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    seen = []
+
+    def reward(prompts, responses, ended):
+        seen.extend(prompts)
+        return toy_reward(prompts, responses, ended)
+
+    out = tmp_path / "conv"
+    ppo.run(
+        toy_config(out, tiny_sft, prompts=str(prompts), batch_size=4, mini_batch_size=4, sample_every=1),
+        reward,
+    )
+    assert seen and all(p[0] == system for p in seen)  # the system turn is part of every prompt
+    assert read_jsonl(out / "samples.jsonl")[0]["prompt"].endswith("有什么好玩的？")  # shown by its user turn

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -88,6 +90,24 @@ def test_format_messages_splits_off_the_last_answer(tokenizer):
     context, answer = format_messages(tokenizer, messages)
     assert context == f"{USER}去哪玩？{ASSISTANT}重庆。{EOS}{USER}还有呢？{ASSISTANT}"
     assert answer == f"成都。{EOS}"
+
+
+def test_a_conversation_prompt_is_formatted_whole(tokenizer):
+    turns = [{"role": "system", "content": "你是导游"}, {"role": "user", "content": "去哪玩？"}]
+    assert format_prompt(tokenizer, turns) == f"{SYSTEM}你是导游{USER}去哪玩？{ASSISTANT}"
+    assert format_prompt(tokenizer, turns[1:]) == format_prompt(tokenizer, "去哪玩？")
+
+
+def test_without_a_chat_template_conversations_say_what_to_do(tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert format_prompt(plain, "去哪玩？") == "去哪玩？"  # a base LM is conditioned on the raw prompt
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        format_prompt(plain, [{"role": "user", "content": "去哪玩？"}])
+    with pytest.raises(ValueError, match=r"\{messages\} rows need a tokenizer with a chat template"):
+        format_messages(
+            plain, [{"role": "user", "content": "去哪玩？"}, {"role": "assistant", "content": "重庆。"}]
+        )
 
 
 @pytest.mark.parametrize("token", SPECIAL_TOKENS)

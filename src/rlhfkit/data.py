@@ -66,6 +66,11 @@ class Ranked:
     prompt_messages: list[dict] | None = None
     ended: list[bool] | None = None  # optional "ended" field: False = the response was cut off before EOS
 
+    @property
+    def context(self) -> str | list[dict]:
+        """What the responses answer: the whole conversation when the row gave one, else the prompt text."""
+        return self.prompt_messages or self.prompt
+
     def pairs(self) -> list[tuple[int, int]]:
         """(winner, loser) index pairs over all C(K, 2) pairs of responses; a tie gives no pair."""
         pairs = []
@@ -84,6 +89,16 @@ class Prompt:
 
     prompt: str
     meta: dict = field(default_factory=dict)
+
+    @property
+    def context(self) -> str | list[dict]:
+        """What the model answers: the conversation up to its last user turn when the row gave one (system
+        prompt and earlier turns included), else the prompt text."""
+        turns = self.meta.get("messages")
+        if not turns:
+            return self.prompt
+        last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
+        return turns[: last_user + 1]
 
 
 class Loaded(list[T]):
@@ -122,13 +137,14 @@ def load_prompts(path: str | Path) -> Loaded[Prompt]:
     return _load(path, _parse_prompt, '{"prompt": "..."}')
 
 
-def prompt_texts(source: str, split: str) -> list[str]:
-    """The prompts of a file, or with source "world" the embedded world's `split` ("rm", "rl" or "eval")."""
+def prompt_texts(source: str, split: str) -> list[str | list[dict]]:
+    """The prompts of a file (conversations kept whole, see `Prompt.context`), or with source "world" the
+    embedded world's `split` ("rm", "rl" or "eval")."""
     if source == "world":
         from rlhfkit.world import split_prompts
 
         return [task.prompt for task in split_prompts()[split]]
-    return [p.prompt for p in load_prompts(source)]
+    return [p.context for p in load_prompts(source)]
 
 
 def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:

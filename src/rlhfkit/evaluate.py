@@ -369,7 +369,7 @@ def load_eval_prompts(cfg):
             [t.family for t in split_prompts()["eval"]],
         )
     else:
-        prompts, families = [r.prompt for r in rows], [str(r.meta.get("family", "all")) for r in rows]
+        prompts, families = [r.context for r in rows], [str(r.meta.get("family", "all")) for r in rows]
     judge_tokenizer = load_tokenizer(cfg.judge)
     judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id).eval()
     check_vocab(judge_model, judge_tokenizer, f"eval --judge {cfg.judge}")
@@ -417,8 +417,8 @@ def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
     """Gold scores where the oracle knows the prompt (embedded world), else []."""
     from rlhfkit.world import parse_prompt, score
 
-    if any(parse_prompt(p) is None for p in prompts[:1]):
-        return []
+    if any(not isinstance(p, str) or parse_prompt(p) is None for p in prompts[:1]):
+        return []  # a user's prompts (or conversations): the oracle knows only the world's
     return [score(p, a, e) for p, (a, e) in zip(prompts, answers)]
 
 
@@ -430,7 +430,7 @@ def attractions_all_in_city(prompts: list[str], answers: list[tuple[str, bool]])
 
     ok = total = 0
     for prompt, (answer, _) in zip(prompts, answers):
-        task = parse_prompt(prompt)
+        task = parse_prompt(prompt) if isinstance(prompt, str) else None
         if task is None or task.family != "travel":
             continue
         named = find_attractions(answer)

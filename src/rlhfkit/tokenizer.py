@@ -75,11 +75,16 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool = True) -> str:
-    """The text a model is conditioned on: the chat template for chat models, the raw prompt for a base LM."""
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], chat: bool = True) -> str:
+    """The text a model is conditioned on: the chat template for chat models, the raw prompt for a base LM.
+    `prompt` is a user turn's text or a whole conversation (chat messages up to the user's last turn)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if chat and tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, list):
+        raise ValueError(
+            f"a conversation prompt ({len(prompt)} turns) needs a tokenizer with a chat template "
+            f"({tokenizer.name_or_path} has none): give plain-text prompts, or add a chat_template to the tokenizer"
         )
     return prompt
 
@@ -87,5 +92,10 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool = 
 def format_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[str, str]:
     """Split a conversation into (context, final assistant answer + EOS) text for SFT on the last turn."""
     assert messages and messages[-1]["role"] == "assistant"
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"{{messages}} rows need a tokenizer with a chat template ({tokenizer.name_or_path} has none): "
+            "give {prompt, completion} rows, or add a chat_template to the tokenizer"
+        )
     context = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     return context, messages[-1]["content"] + tokenizer.eos_token

@@ -153,12 +153,12 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
     rankings = []
     for item in load_preferences(cfg.data):
         prompt_len = len(
-            tokenizer(format_prompt(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
+            tokenizer(format_prompt(tokenizer, item.context), add_special_tokens=False)["input_ids"]
         )
         ended = item.ended or [True] * len(item.responses)
         rows, prompt_lens = [], []
         for response, e in zip(item.responses, ended):
-            row = encode_response(tokenizer, item.prompt, response, e, cfg.max_len)
+            row = encode_response(tokenizer, item.context, response, e, cfg.max_len)
             full = prompt_len + len(tokenizer(response, add_special_tokens=False)["input_ids"]) + int(e)
             rows.append(row)
             prompt_lens.append(max(prompt_len - (full - len(row)), 0))  # encode_response cuts from the left

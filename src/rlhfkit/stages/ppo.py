@@ -424,8 +424,15 @@ def record(stats: dict[str, list[float]], **values) -> None:
 
 def log_samples(out: Path, tracker: Tracker, step: int, prompts, texts, scores, n: int = 4) -> None:
     rows = [
-        {"step": step, "prompt": p, "response": t, "score": round(float(s), 4)}
-        for p, t, s in zip(prompts[:n], texts[:n], scores[:n])
+        {
+            "step": step,
+            "prompt": p if isinstance(p, str) else p[-1]["content"],
+            "response": t,
+            "score": round(float(s), 4),
+        }
+        for p, t, s in zip(
+            prompts[:n], texts[:n], scores[:n]
+        )  # a conversation is shown by its last user turn
     ]
     with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
         for row in rows:

@@ -191,8 +191,11 @@ def as_independent_pairs(items: list[Ranked], seed: int) -> list[Ranked]:
     return pairs
 
 
-def encode_response(tokenizer, prompt: str, response: str, ended: bool, max_len: int) -> list[int]:
-    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores."""
+def encode_response(
+    tokenizer, prompt: str | list[dict], response: str, ended: bool, max_len: int
+) -> list[int]:
+    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores. `prompt` may be a whole
+    conversation (`Ranked.context`)."""
     prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if ended else [])
@@ -215,7 +218,7 @@ def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
     for p, item in enumerate(items):
         for k, response in enumerate(item.responses):
             ended = item.ended[k] if item.ended else True
-            rows.append(encode_response(tokenizer, item.prompt, response, ended, max_len))
+            rows.append(encode_response(tokenizer, item.context, response, ended, max_len))
             where.append((p, k))
     ids, mask = right_pad(rows, tokenizer.pad_token_id)
     flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
@@ -299,13 +302,14 @@ def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig, items: list[Ra
             "[reward] these comparisons are not the embedded world's: the reward is centred on their best-ranked "
             "answers (--demonstrations FILE centres it on your SFT data, --demonstrations '' not at all)"
         )
-        pairs = [(item.prompt, item.responses[item.ranks.index(min(item.ranks))]) for item in items]
+        pairs = [(item.context, item.responses[item.ranks.index(min(item.ranks))]) for item in items]
     elif cfg.demonstrations == "world":
         pairs = [(d["prompt"], d["completion"]) for d in demonstrations()]
     else:
         from rlhfkit.data import load_sft
 
-        pairs = [(row.prompt, row.completion) for row in load_sft(cfg.demonstrations)]
+        rows = load_sft(cfg.demonstrations)
+        pairs = [(row.messages[:-1] if row.messages else row.prompt, row.completion) for row in rows]
     model.config.reward_bias = 0.0
     scores = score_responses(
         model, tokenizer, [p for p, _ in pairs], [c for _, c in pairs], max_len=cfg.max_len
