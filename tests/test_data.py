@@ -82,6 +82,12 @@ def test_kwise_ranking_becomes_ranks(tmp_path):
     assert sorted(item.pairs()) == [(0, 1), (2, 0), (2, 1)]
 
 
+def test_identical_answers_may_tie(tmp_path):
+    row = {"prompt": "p", "responses": ["a", "b", "a"], "ranks": [1, 2, 1]}
+    [item] = load_preferences(write_lines(tmp_path / "rm.jsonl", [row]))
+    assert item.pairs() == [(0, 1), (2, 1)]
+
+
 def test_ties_give_no_pair(tmp_path):
     path = write_lines(
         tmp_path / "rm.jsonl", [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [1, 2, 2, 3]}]
@@ -238,6 +244,18 @@ BAD_ROWS = [
         "3 entries for K=2",
     ),
     (load_preferences, {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]}, "ranks", "below 1"),
+    (
+        load_preferences,
+        {**GOOD_RM, "responses": ["a", "b", "a"]},
+        "ranking",
+        "responses 0 and 2 are the same answer but ranked 1 and 3",
+    ),
+    (
+        load_preferences,
+        {"prompt": "p", "responses": ["a", "b", "a"], "ranks": [1, 2, 2]},
+        "ranks",
+        "responses 0 and 2 are the same answer",
+    ),
     (
         load_preferences,
         {"prompt": "p", "chosen": "same", "rejected": "same"},

@@ -302,3 +302,10 @@ def test_conversation_prompts_reach_the_policy_whole(tiny_sft, tmp_path):
     )
     assert seen and all(p[0] == system for p in seen)  # the system turn is part of every prompt
     assert read_jsonl(out / "samples.jsonl")[0]["prompt"].endswith("有什么好玩的？")  # shown by its user turn
+
+
+def test_too_little_ptx_text_names_the_flag(tiny_sft, tmp_path):
+    text = tmp_path / "ptx.jsonl"
+    text.write_text(json.dumps({"text": "短。"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"ppo --ptx-data {text}: \d+ tokens, fewer than one block of 128"):
+        ppo.run(toy_config(tmp_path / "ptx", tiny_sft, ptx_coef=1.0, ptx_data=str(text)), toy_reward)

@@ -452,6 +452,18 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
                 f"{_show(ended)} is not a list of {k} true/false values",
                 "Give one boolean per response (false = the response was cut off), or leave the field out",
             )
+    first: dict[
+        tuple[str, bool], int
+    ] = {}  # the same answer twice must tie, as chosen == rejected is refused
+    for i, key in enumerate(zip(responses, ended or [True] * k)):
+        j = first.setdefault(key, i)
+        if ranks[j] != ranks[i]:
+            raise _error(
+                location,
+                "ranking" if _has(record, "ranking") else "ranks",
+                f"responses {j} and {i} are the same answer but ranked {ranks[j]} and {ranks[i]}",
+                'Give identical answers the same rank (a tie, with "ranks"), or keep only one of them',
+            )
     return Ranked(prompt, responses, ranks, prompt_messages=prompt_turns, ended=ended)
 
 

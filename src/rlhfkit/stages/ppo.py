@@ -352,7 +352,12 @@ def load_ptx_blocks(cfg: PPOConfig, tokenizer):
     from rlhfkit.config import PretrainConfig
     from rlhfkit.stages.pretrain import load_texts, pack
 
-    return pack(load_texts(PretrainConfig(data=cfg.ptx_data)), tokenizer, cfg.max_len)
+    return pack(
+        load_texts(PretrainConfig(data=cfg.ptx_data)),
+        tokenizer,
+        cfg.max_len,
+        f"ppo --ptx-data {cfg.ptx_data}",
+    )
 
 
 def reference_logprobs(policy, ref_policy, batch: SampleBatch, temperature: float) -> torch.Tensor:

@@ -38,7 +38,7 @@ def run(cfg: PretrainConfig):
             len(tokenizer), size, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.seed
         )
     check_vocab(model, tokenizer, f"pretrain --model {cfg.model}")
-    blocks = pack(texts, tokenizer, cfg.max_len)
+    blocks = pack(texts, tokenizer, cfg.max_len, f"pretrain --data {cfg.data}")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(
         f"[pretrain] {len(texts)} documents → {len(blocks)} blocks of {cfg.max_len} tokens; model {n_params / 1e6:.2f}M params"
@@ -58,7 +58,7 @@ def load_texts(cfg: PretrainConfig) -> list[str]:
     return list(load_pretrain(Path(cfg.data)))
 
 
-def pack(texts: list[str], tokenizer, block: int) -> list[LMExample]:
+def pack(texts: list[str], tokenizer, block: int, source: str = "the pretraining data") -> list[LMExample]:
     """Concatenate documents, each followed by EOS, and cut the stream into full blocks."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
@@ -66,7 +66,10 @@ def pack(texts: list[str], tokenizer, block: int) -> list[LMExample]:
         stream.append(tokenizer.eos_token_id)
     n = len(stream) // block
     if n == 0:
-        raise ValueError(f"the pretraining data has {len(stream)} tokens, fewer than one block of {block}")
+        raise ValueError(
+            f"{source}: {len(stream)} tokens, fewer than one block of {block} (--max-len); "
+            "give more text or a smaller --max-len"
+        )
     return [
         LMExample(stream[i * block : (i + 1) * block], stream[i * block : (i + 1) * block]) for i in range(n)
     ]

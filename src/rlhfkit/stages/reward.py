@@ -148,10 +148,12 @@ def run(cfg: RewardConfig):
         remove_checkpoint(out)
         report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
         (out / "eval.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-        console.print(
-            f"[reward] val accuracy {report['val_accuracy']:.3f} (train {report['train_accuracy']:.3f}); "
-            f"saved to {out}"
+        val = (
+            f"val accuracy {report['val_accuracy']:.3f}"
+            if val_items
+            else "no validation rankings (--val-fraction 0)"
         )
+        console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {out}")
     return final
 
 
@@ -323,7 +325,9 @@ def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardC
     from rlhfkit.training import make_accelerator
 
     accelerator = make_accelerator("no")
-    val_acc, val_loss = accuracy(model, tokenizer, val_items, cfg.max_len, accelerator)
+    val_acc, val_loss = (
+        accuracy(model, tokenizer, val_items, cfg.max_len, accelerator) if val_items else (None, None)
+    )
     train_acc, train_loss = accuracy(model, tokenizer, train_probe, cfg.max_len, accelerator)
     report = {
         "val_accuracy": val_acc,
