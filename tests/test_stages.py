@@ -108,6 +108,39 @@ def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, monkeypatch, capsys):
     assert not (interrupted / "checkpoint").exists()
 
 
+def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path, monkeypatch):
+    def config(out, **kw):
+        return SFTConfig(
+            out=str(out),
+            model=str(tiny_gpt),
+            lora_r=4,
+            max_steps=6,
+            batch_size=4,
+            max_len=64,
+            save_every=2,
+            **kw,
+        )
+
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    sft.run(config(straight))
+    calls, real_loss = [], rlhfkit.stages.lm.lm_loss
+
+    def loss_interrupted_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            sft.run(config(interrupted))
+    sft.run(config(interrupted, resume=True))
+    a, b = weights(straight), weights(interrupted)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+
+
 def test_resume_takes_a_new_learning_rate(tiny_gpt, tmp_path, monkeypatch):
     # After a NaN the message says: lower the learning rate, then --resume. The schedule must then use it.
     out, lr = tmp_path / "run", TINY_PRETRAIN.get("lr", PretrainConfig.lr)
