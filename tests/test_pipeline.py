@@ -156,3 +156,79 @@ def test_print_config_shows_every_step(tmp_path, capsys):
     assert config["ppo"]["policy"] == str(out / "sft")
     assert config["pretrain"]["max_steps"] == 40  # the tiny preset
     assert not out.exists()  # printing the configuration runs nothing
+
+
+def resolved(*flags, config: dict | None = None, tmp_path=None):
+    """The step configs `rlhfkit pipeline [flags] [--config file]` would run, without running anything."""
+    import argparse
+
+    from rlhfkit.config import add_arguments
+    from rlhfkit.pipeline import PipelineConfig, from_namespace, resolve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, PipelineConfig)
+    argv = list(flags)
+    if config is not None:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        argv += ["--config", str(path)]
+    cfg, sections = from_namespace(parser.parse_args(argv))
+    return cfg, resolve(cfg, sections)
+
+
+def test_a_saved_config_runs_under_another_out(tmp_path, capsys):
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "a"), "--print-config"]) == 0
+    saved = yaml.safe_load(capsys.readouterr().out)
+    _, steps = resolved("--out", str(tmp_path / "b"), config=saved, tmp_path=tmp_path)
+    assert steps["pretrain"].out == str(tmp_path / "b" / "gpt")  # not the saved run's directory
+    assert steps["ppo"].reward_model == str(tmp_path / "b" / "reward")
+    assert steps["pretrain"].max_steps == 40  # the saved settings themselves are kept
+
+
+def test_a_step_section_cannot_set_the_run_wide_seed(tmp_path):
+    with pytest.raises(ValueError, match=r"ppo.seed = 5, but the pipeline sets every step's seed"):
+        resolved("--preset", "tiny", config={"ppo": {"seed": 5}}, tmp_path=tmp_path)
+
+
+def test_the_ppo_section_is_every_step3_methods(tmp_path):
+    config = {"ppo": {"kl_coef": 0.5, "iterations": 5}, "rloo": {"iterations": 7}}
+    _, steps = resolved("--preset", "tiny", config=config, tmp_path=tmp_path)
+    assert (steps["ppo"].kl_coef, steps["ppo"].iterations) == (0.5, 5)
+    assert (steps["ppo_ptx"].kl_coef, steps["ppo_ptx"].iterations, steps["ppo_ptx"].ptx_coef) == (0.5, 5, 1.0)
+    assert (steps["rloo"].kl_coef, steps["rloo"].iterations, steps["rloo"].algo) == (0.5, 7, "rloo")
+
+
+def test_fingerprints_follow_settings_and_parents(tmp_path):
+    from rlhfkit.pipeline import fingerprints
+
+    def prints(*flags, config=None):
+        cfg, steps = resolved("--preset", "tiny", *flags, config=config, tmp_path=tmp_path)
+        return {name: p["fingerprint"] for name, p in fingerprints(cfg, steps).items()}
+
+    base = prints("--out", str(tmp_path / "a"))
+    assert prints("--out", str(tmp_path / "elsewhere")) == base  # a moved run is the same run
+    assert all(base[s] != other for s, other in prints("--seed", "1").items())
+    changed = prints("--out", str(tmp_path / "a"), config={"reward": {"epochs": 1.0}})
+    assert {s for s in base if base[s] != changed[s]} == {"reward", "ppo", "ppo_ptx", "rloo"}  # not DPO
+
+
+def test_resume_rebuilds_what_changed_settings_make_stale(tiny_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    kept = {
+        name: (out / name / "model.safetensors").stat().st_mtime_ns
+        for name in ("gpt", "sft", "reward", "dpo")
+    }
+    config = tmp_path / "run.yaml"
+    config.write_text("ppo: {kl_coef: 0.5}\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--resume", "--config", str(config)]) == 0
+    console = console_text(capsys)
+    for name in ("ppo", "ppo_ptx"):
+        assert f"{name}: settings changed (kl_coef) since it was built; rebuilding it" in console
+        assert read_meta(out / name)["kl_coef"] == 0.5
+    for name, mtime in kept.items():
+        assert f"{name.replace('gpt', 'pretrain')}: finished earlier, skipped" in console
+        assert (out / name / "model.safetensors").stat().st_mtime_ns == mtime, f"{name} was rebuilt"
+    built = json.loads((out / "steps.json").read_text())
+    assert built["ppo"]["settings"]["kl_coef"] == 0.5 and built["ppo"]["complete"] is True

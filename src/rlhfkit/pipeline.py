@@ -7,13 +7,18 @@
     eval/       report.json, report.md, winrate.png, curves.png
 
 Every step writes its own directory; `--resume` skips the finished ones and continues an interrupted one from
-its checkpoint, so deleting one step's directory and resuming rebuilds only that step.
+its checkpoint, so deleting one step's directory and resuming rebuilds that step (every step is seeded: with
+the same settings it comes out the same, so what was built on it stays valid).
+`steps.json` records, per step, the settings it was built with and the steps it was built on: a step whose
+settings changed, or was built on a step whose settings changed, is rebuilt on `--resume` (a model is never
+reused stale, nor finished from a checkpoint of other settings).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -125,18 +130,44 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"pipeline --methods: unknown {unknown}; available: {list(METHODS)}")
-    out = Path(cfg.out)
-    settings = copy.deepcopy(PRESETS[cfg.preset])
-    settings["ppo_ptx"] = {**settings["ppo"], **settings["ppo_ptx"]}
-    settings["rloo"] = {**settings["ppo"], "algo": "rloo", **settings.get("rloo", {})}
-    for step, values in (overrides or {}).items():
+    overrides = {step: dict(values or {}) for step, values in (overrides or {}).items()}
+    for step, values in overrides.items():
         if step not in STEP_CONFIGS:
             raise ValueError(f"pipeline config: unknown section {step!r}; sections: {list(STEP_CONFIGS)}")
         known = {f.name for f in dataclasses.fields(STEP_CONFIGS[step])}
-        bad = sorted(set(values or {}) - known)
+        bad = sorted(set(values) - known)
         if bad:
             raise ValueError(f"pipeline config: section {step!r} has unknown setting(s) {bad}")
-        settings.setdefault(step, {}).update(values or {})
+    preset = copy.deepcopy(PRESETS[cfg.preset])
+    settings = {step: {**preset.get(step, {}), **overrides.get(step, {})} for step in STEP_CONFIGS}
+    # The PPO section is Step3's: PPO-ptx and RLOO inherit it (preset and YAML alike) unless their own section
+    # sets the value, so that a changed β or iteration count keeps the three methods comparable.
+    ppo = settings["ppo"]
+    settings["ppo_ptx"] = {**ppo, **preset["ppo_ptx"], **overrides.get("ppo_ptx", {})}
+    settings["rloo"] = {**ppo, "algo": "rloo", **preset.get("rloo", {}), **overrides.get("rloo", {})}
+    for step, values in overrides.items():
+        for key in RUN_WIDE & set(values):
+            raise ValueError(
+                f"pipeline config: {step}.{key} = {values[key]!r}, but the pipeline sets every step's {key} "
+                f"from the run's ({getattr(cfg, key)!r}): set the top-level {key} (or --{key.replace('_', '-')}) "
+                "and remove it from the section"
+            )
+    derived, steps = derived_settings(cfg), {}
+    for step, cls in STEP_CONFIGS.items():
+        values = {**derived[step], **settings.get(step, {})}
+        if step == "eval" and "best_of_n" not in cfg.methods:
+            values["best_of_n"] = []
+        steps[step] = cls(**values)
+    return steps
+
+
+RUN_WIDE = {"seed", "mixed_precision", "resume"}  # one value for the whole run, set at the top level
+
+
+def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
+    """What the pipeline sets in each step: the paths that chain the steps under `out`, and the run-wide
+    seed, precision and resume flag."""
+    out = Path(cfg.out)
     paths = {
         "pretrain": {"out": out / "gpt"},
         "sft": {"out": out / "sft", "model": out / "gpt"},
@@ -156,20 +187,13 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
             ],
         },
     }
-    steps = {}
+    derived = {}
     for step, cls in STEP_CONFIGS.items():
-        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in paths[step].items()}
-        values.update(settings.get(step, {}))
-        if step == "eval" and "best_of_n" not in cfg.methods:
-            values["best_of_n"] = []
-        values["seed"] = cfg.seed
         names = {f.name for f in dataclasses.fields(cls)}
-        if "mixed_precision" in names:
-            values["mixed_precision"] = cfg.mixed_precision
-        if "resume" in names:
-            values["resume"] = cfg.resume
-        steps[step] = cls(**values)
-    return steps
+        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in paths[step].items()}
+        values.update({key: getattr(cfg, key) for key in RUN_WIDE if key in names})
+        derived[step] = values
+    return derived
 
 
 def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
@@ -184,16 +208,41 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     )
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if cfg.resume and timings_path.exists() else {}
+    built_path, prints = out / "steps.json", fingerprints(cfg, steps)
+    built = json.loads(built_path.read_text()) if built_path.exists() else None
+    if cfg.resume and built is None and (out / "gpt").exists():
+        console.print(
+            "[pipeline] no steps.json (a run of an older rlhfkit): finished steps are taken as built so"
+        )
+    built = built if cfg.resume and built else {}
 
-    def step(name: str, done: bool, action) -> None:
+    def record(name: str, complete: bool) -> None:
+        built[name] = {**prints[name], "complete": complete}
+        built_path.write_text(json.dumps(built, indent=2, default=str))
+
+    def step(name: str, done: bool, action) -> bool:
+        """Run `action` unless --resume finds the step finished with these settings; True if it ran."""
+        new, old = prints.get(name), built.get(name)
+        if cfg.resume and new and old and old["fingerprint"] != new["fingerprint"]:
+            console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
+            target = Path(steps[name].out)
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            done = False
         if cfg.resume and done:
             console.print(f"[pipeline] {name}: finished earlier, skipped")
-            return
+            if new:
+                record(name, complete=True)
+            return False
         console.rule(name, style="bold")
         start = time.time()
+        if new:  # recorded before it runs: an interrupted step resumes only with the same settings
+            record(name, complete=False)
         action()
+        if new:
+            record(name, complete=True)
         timings[name] = round(time.time() - start, 2)
         timings_path.write_text(json.dumps(timings, indent=2))
+        return True
 
     from rlhfkit.evaluate import run as evaluate
     from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
@@ -201,7 +250,8 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     from rlhfkit.world import export_world
 
     step("data", (out / "data" / "eval_prompts.jsonl").exists(), lambda: export_world(out / "data"))
-    step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"]))
+    if step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"])):
+        shutil.rmtree(out / "tokenizer", ignore_errors=True)  # (re)built: its tokenizer is the one to copy
     if not (out / "tokenizer").exists():
         shutil.copytree(
             out / "gpt",
@@ -227,6 +277,47 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     return report
 
 
+# What each step is built on; a step is stale when its settings or any of these changed.
+PARENTS = {
+    "pretrain": [],
+    "sft": ["pretrain"],
+    "label": ["sft"],
+    "reward": ["sft", "label"],
+    "ppo": ["sft", "reward"],
+    "ppo_ptx": ["sft", "reward"],
+    "rloo": ["sft", "reward"],
+    "dpo": ["sft", "label"],
+}
+
+
+def fingerprints(cfg: PipelineConfig, steps: dict) -> dict[str, dict]:
+    """Per step: its settings (less the paths that only chain it under `out`, and `resume`), its parents'
+    fingerprints, and a hash of both — so a step's fingerprint changes when anything it was built from does."""
+    derived, prints = derived_settings(cfg), {}
+    for name, parents in PARENTS.items():
+        settings = {
+            k: v
+            for k, v in dataclasses.asdict(steps[name]).items()
+            if k != "resume" and not (k in derived[name] and k not in RUN_WIDE and v == derived[name][k])
+        }
+        record = {"settings": settings, "parents": {p: prints[p]["fingerprint"] for p in parents}}
+        text = json.dumps(record, sort_keys=True, default=str)
+        prints[name] = {"fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], **record}
+    return prints
+
+
+def why_stale(old: dict, new: dict) -> str:
+    """In words: which settings changed, or which step it was built on was rebuilt."""
+    keys = sorted(
+        k for k in {*old["settings"], *new["settings"]} if old["settings"].get(k) != new["settings"].get(k)
+    )
+    parents = [p for p in new["parents"] if old["parents"].get(p) != new["parents"][p]]
+    reasons = ([f"settings changed ({', '.join(keys)})"] if keys else []) + [
+        f"{p} was rebuilt" for p in parents
+    ]
+    return "; ".join(reasons) or "its record differs"
+
+
 def resolved_dict(cfg: PipelineConfig, steps: dict) -> dict:
     top = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "print_config"}
     return {**top, **{name: dataclasses.asdict(step) for name, step in steps.items()}}
@@ -244,6 +335,14 @@ def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
         for k, v in data.items()
         if k not in top_names
     }
+    # A saved configuration (--print-config, or a run's config.yaml) spells out what the pipeline derives from
+    # its own `out`, seed and precision: those entries say nothing of their own, so they are dropped and derived
+    # again from this run's (another --out must not write into the saved run's directories).
+    own = derived_settings(PipelineConfig(**top))
+    for step, values in sections.items():
+        if isinstance(values, dict):
+            for key in [k for k, v in values.items() if k in own.get(step, {}) and v == own[step][k]]:
+                del values[key]
     for f in dataclasses.fields(PipelineConfig):
         given = getattr(namespace, f.name, None)
         if given is not None:
