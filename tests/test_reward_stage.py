@@ -255,3 +255,13 @@ def test_label_refuses_prompts_its_labelers_cannot_judge(tiny_sft, tmp_path):
     cfg = LabelConfig(out=str(tmp_path / "c.jsonl"), model=str(tiny_sft), prompts=str(prompts))
     with pytest.raises(ValueError, match=r"prompt 2 \('Hi!'\) and 0 more are not the embedded world's"):
         label.run(cfg)
+
+
+@pytest.mark.parametrize("seed", [996, 1000, 1004])
+def test_training_labelers_are_never_the_held_out_panel(seed, tiny_sft, tmp_path):
+    from rlhfkit.config import LabelConfig
+    from rlhfkit.stages import label
+
+    cfg = LabelConfig(out=str(tmp_path / "c.jsonl"), model=str(tiny_sft), seed=seed)
+    with pytest.raises(ValueError, match=rf"label --seed {seed}: .*held-out evaluation panel \(1000..1004\)"):
+        label.run(cfg)

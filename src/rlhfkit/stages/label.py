@@ -24,7 +24,15 @@ def run(cfg: LabelConfig) -> Path:
     if cfg.k < 2:
         raise ValueError(f"label --k {cfg.k}: a ranking needs at least 2 responses")
     from rlhfkit.world import labelers as make_labelers
+    from rlhfkit.world.oracle import PANEL_SEEDS
 
+    shared = sorted(set(range(cfg.seed, cfg.seed + cfg.n_labelers)) & set(PANEL_SEEDS))
+    if shared:
+        raise ValueError(
+            f"label --seed {cfg.seed}: its labelers {cfg.seed}..{cfg.seed + cfg.n_labelers - 1} would include "
+            f"{shared}, people of the held-out evaluation panel ({PANEL_SEEDS.start}..{PANEL_SEEDS.stop - 1}), "
+            "which would then judge its own rankings; pick a seed outside that range"
+        )
     seed_everything(cfg.seed)
     if cfg.rounds < 1:
         raise ValueError(f"label --rounds {cfg.rounds}: rank each prompt at least once")

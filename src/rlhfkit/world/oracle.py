@@ -349,7 +349,10 @@ class Panel:
         return float(_stable_seed(prompt, a, a_ended, b, b_ended) % 2)
 
 
-def eval_panel(n: int = 5, seed: int = 1000, **kw) -> Panel:
+PANEL_SEEDS = range(1000, 1005)  # the held-out panel's people; no labeler who writes training rankings is one
+
+
+def eval_panel(n: int = len(PANEL_SEEDS), seed: int = PANEL_SEEDS.start, **kw) -> Panel:
     """The evaluation panel: different people (seeds) from the labelers the reward model learned from."""
     return Panel(labelers(n, seed, **kw))
 
