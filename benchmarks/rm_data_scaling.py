@@ -34,6 +34,10 @@ from rlhfkit.training import quiet_libraries
 TEST_SEED = 7  # the test set's samples are drawn with a seed no training set uses
 
 
+def two(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def timed(fn, *args) -> float:
     start = time.time()
     fn(*args)
@@ -119,8 +123,9 @@ def main() -> None:
                 "train_accuracy": own["train_accuracy"],
                 "test_panel_agreement": test["panel_agreement"],
                 "test_spearman_vs_gold": test["spearman_reward_vs_gold"],
-                "test_accuracy_on_topic": test["accuracy_by_dimension"]["on_topic"]["accuracy"],
-                "test_accuracy_correct": test["accuracy_by_dimension"]["correct"]["accuracy"],
+                # a dimension no test pair differs in (e.g. a tiny run) has no accuracy
+                "test_accuracy_on_topic": test["accuracy_by_dimension"].get("on_topic", {}).get("accuracy"),
+                "test_accuracy_correct": test["accuracy_by_dimension"].get("correct", {}).get("accuracy"),
             }
         )
         if not args.no_ppo:
@@ -158,7 +163,7 @@ def main() -> None:
     for r in rows:
         line = (
             f"{r['rounds']:>6} {r['epochs']:>6g} {r['lr']:>7g} {r['val_accuracy']:>7.3f} "
-            f"{r['test_panel_agreement']:>6.3f} {r['test_spearman_vs_gold']:>8.3f} {r['test_accuracy_on_topic']:>8.2f}"
+            f"{r['test_panel_agreement']:>6.3f} {r['test_spearman_vs_gold']:>8.3f} {two(r['test_accuracy_on_topic']):>8}"
         )
         if "ppo" in r:
             p = r["ppo"]

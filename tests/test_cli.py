@@ -215,3 +215,24 @@ def test_error_location_in_a_json_array_file_survives_printing(tiny_sft, tmp_pat
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     assert main(["reward", "--data", str(path), "--model", str(tiny_sft), "--out", str(tmp_path / "rm")]) == 2
     assert f"{path}[row 1]" in console_text(capsys)
+
+
+def test_an_optional_yes_no_flag_takes_no_value(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--chat", "maybe", "--prompt", "x"])  # `--chat` / `--no-chat`, not `--chat VALUE`
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: maybe" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlhfkit.stages.pretrain, "run", interrupted)
+    assert main(["pretrain", "--out", "x"]) == 130
+    assert "run the same command with --resume" in console_text(capsys)
+
+
+def test_two_models_of_one_name_are_refused(tiny_sft, capsys):
+    assert main(["eval", "--models", f"sft={tiny_sft}", f"sft={tiny_sft}/x"]) == 2
+    assert "two models are named 'sft'" in console_text(capsys)

@@ -109,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
             counts = export_world(args.out, seed=args.seed)
             for name, n in counts.items():
                 print(f"{args.out}/{name}: {n} rows")
+    except KeyboardInterrupt:
+        from rlhfkit.training import console
+
+        console.quiet = False
+        console.print(
+            "interrupted — checkpoints already written are kept; run the same command with --resume to continue"
+        )
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Errors the user can cause are raised with a message that says what and where; no deep traceback.
         from rlhfkit.training import console

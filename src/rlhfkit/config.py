@@ -267,14 +267,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kind = types[f.name]
+        kind = _without_none(types[f.name])  # `bool | None` is a yes/no flag too (--chat / --no-chat)
         help_text = f"{f.metadata.get('help', '')} (default: {f.metadata.get('default')})"
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
             continue
-        kind = _without_none(kind)
         if typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
             parser.add_argument(flag, dest=f.name, nargs="+", type=item, default=None, help=help_text)

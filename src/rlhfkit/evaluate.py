@@ -190,6 +190,10 @@ def parse_named(pairs: list[str]) -> dict[str, str]:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"eval: {pair!r} should be NAME=DIR, e.g. ppo=runs/demo/ppo")
+        if name in named:
+            raise ValueError(
+                f"eval: two models are named {name!r} ({named[name]} and {path}); give each its own"
+            )
         named[name] = path
     return named
 
@@ -320,6 +324,9 @@ def run(cfg):
     report = {
         "models": report_models,
         "reference": cfg.reference,
+        # "kl_to_sft" is KL to this model: sampled at T = 1 for trained models; for best-of-n the analytic
+        # log n − (n−1)/n against the reference's own answers at the eval temperature
+        "kl_reference": cfg.kl_reference or cfg.reference,
         "n_prompts": len(prompts),
         "samples_per_prompt": n,
         "judge": "held-out panel (embedded world)" if cfg.judge is None else f"reward model {cfg.judge}",

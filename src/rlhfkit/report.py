@@ -12,16 +12,17 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def write_markdown(report: dict, path: Path, timings: dict | None = None) -> None:
-    ref = report["reference"]
+    ref, n = report["reference"], report["samples_per_prompt"]
+    kl_ref = report.get("kl_reference", ref)
     lines = [
         "# rlhfkit evaluation",
         "",
-        f"{report['n_prompts']} held-out prompts × {report['samples_per_prompt']} samples; judge: {report['judge']}; "
+        f"{report['n_prompts']} held-out prompts × {n} sample{'s' if n != 1 else ''}; judge: {report['judge']}; "
         f"win rate against **{ref}** (ties count ½), 95% bootstrap interval over prompts.",
         "",
         "| model | win rate vs "
         + ref
-        + " | 95% CI | gold score (0–10) | KL to SFT (nats) | pretrain ppl | length (chars) | ends with EOS |",
+        + f" | 95% CI | gold score (0–10) | KL to {kl_ref} (nats) | pretrain ppl | length (chars) | ends with EOS |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["models"].items():
@@ -30,6 +31,12 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             f"| {name} | {_fmt(m['win_rate'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m.get('gold_score'), 2)} | "
             f"{_fmt(m.get('kl_to_sft'), 2)} | {_fmt(m.get('pretrain_ppl'), 2)} | {m['mean_length']:.1f} | {m['eos_fraction']:.2f} |"
         )
+    if any(m.get("kl_is_analytic") for m in report["models"].values()):
+        lines += [
+            "",
+            f"KL of the best-of-n rows is the analytic log n − (n−1)/n against {ref}'s own answers at the eval "
+            "temperature; the trained models' KL is sampled at T = 1 — the two are not the same measurement.",
+        ]
     families = sorted({f for m in report["models"].values() for f in m.get("by_family", {})})
     if families:
         lines += [
