@@ -197,6 +197,7 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
 
 
 def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
+    began = time.time()
     steps = resolve(cfg, overrides)
     out = Path(cfg.out)
     if cfg.print_config:
@@ -273,7 +274,11 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
     (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
     write_markdown(report, out / "eval" / "report.md", timings)
-    console.print(f"[pipeline] done in {sum(timings.values()):.0f} s — read {out / 'eval' / 'report.md'}")
+    total, now = sum(timings.values()), time.time() - began
+    took = (
+        f"{now:.0f} s" if not cfg.resume else f"{now:.0f} s ({total:.0f} s of steps, earlier runs' included)"
+    )
+    console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
     return report
 
 
