@@ -133,7 +133,9 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
         ("reward", "RL reward (RM score)"),
         ("kl", "KL to SFT per answer"),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    if any(any("reward_accuracy" in r for r in read_metrics(path)) for path in runs.values()):
+        panels.append(("reward_accuracy", "DPO: pairs its implicit reward orders"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
     for ax, (key, title) in zip(axes, panels):
         for name, path in runs.items():
             rows = [r for r in read_metrics(path) if key in r]
