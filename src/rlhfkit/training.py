@@ -237,6 +237,7 @@ class Tracker:
         self.metrics_file.flush()
         for key, value in metrics.items():
             self.writer.add_scalar(f"{self.stage}/{key}", float(value), step)
+        self.writer.flush()  # on disk now, as metrics.jsonl: a killed run's resume re-logs only what follows
         status = "  ".join(f"{k} {float(metrics[k]):.3g}" for k in show if k in metrics)
         self.progress.update(self.task, status=status)
 
