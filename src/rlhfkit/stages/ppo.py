@@ -125,17 +125,13 @@ def run(cfg: PPOConfig, reward_fn=None):
         value_model = make_value_model(cfg, policy, tokenizer)
     prompts = prompt_texts(cfg.prompts, "rl")
     ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
+    # The defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts or text.
     world = [
-        what
-        for what, used in (
-            ("RL prompts", cfg.prompts == "world"),
-            ("ptx text", ptx_blocks and cfg.ptx_data == "world"),
-        )
-        if used
+        name
+        for name, used in (("RL prompts", cfg.prompts), ("ptx text", ptx_blocks and cfg.ptx_data))
+        if used == "world"
     ]
-    if (
-        world
-    ):  # the defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts
+    if world:
         console.print(
             f"[{cfg.algo}] {' and '.join(world)}: the embedded world's (--prompts / --ptx-data FILE for yours)"
         )
@@ -428,16 +424,12 @@ def record(stats: dict[str, list[float]], **values) -> None:
 
 
 def log_samples(out: Path, tracker: Tracker, step: int, prompts, texts, scores, n: int = 4) -> None:
+    shown = [
+        p if isinstance(p, str) else p[-1]["content"] for p in prompts[:n]
+    ]  # a conversation: its last turn
     rows = [
-        {
-            "step": step,
-            "prompt": p if isinstance(p, str) else p[-1]["content"],
-            "response": t,
-            "score": round(float(s), 4),
-        }
-        for p, t, s in zip(
-            prompts[:n], texts[:n], scores[:n]
-        )  # a conversation is shown by its last user turn
+        {"step": step, "prompt": p, "response": t, "score": round(float(s), 4)}
+        for p, t, s in zip(shown, texts[:n], scores[:n])
     ]
     with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
         for row in rows:
