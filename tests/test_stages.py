@@ -1,6 +1,7 @@
 """Step0 (pretrain) and Step1 (SFT) on tiny models: something is learned, what is saved loads as a stock HF model,
 and an interrupted run resumes to exactly the weights and metrics of an uninterrupted one."""
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -72,23 +73,29 @@ def resume_config(out: Path, tiny_gpt: Path, **kw) -> PretrainConfig:
     return PretrainConfig(out=str(out), tokenizer=str(tiny_gpt), **values)
 
 
-def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, monkeypatch, capsys):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    pretrain.run(resume_config(straight, tiny_gpt))
+@contextlib.contextmanager
+def interrupted_at_step(step: int):
+    """Run the body with Ctrl-C pressed during optimizer step `step` (lm_loss raises on its `step`-th call)."""
+    calls, real_loss = [], rlhfkit.stages.lm.lm_loss
 
-    calls = []
-    real_loss = rlhfkit.stages.lm.lm_loss
-
-    def loss_interrupted_at_step_9(*args, **kwargs):
+    def loss(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 9:
+        if len(calls) == step:
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_9)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss)
         with pytest.raises(KeyboardInterrupt):
-            pretrain.run(resume_config(interrupted, tiny_gpt))
+            yield
+
+
+def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, capsys):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    pretrain.run(resume_config(straight, tiny_gpt))
+
+    with interrupted_at_step(9):
+        pretrain.run(resume_config(interrupted, tiny_gpt))
     state = json.loads((interrupted / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 8
     assert not (interrupted / "rlhfkit.json").exists()  # no final model yet
@@ -108,7 +115,7 @@ def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, monkeypatch, capsys):
     assert not (interrupted / "checkpoint").exists()
 
 
-def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path, monkeypatch):
+def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path):
     def config(out, **kw):
         return SFTConfig(
             out=str(out),
@@ -123,40 +130,19 @@ def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path, monkeypatch):
 
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     sft.run(config(straight))
-    calls, real_loss = [], rlhfkit.stages.lm.lm_loss
-
-    def loss_interrupted_at_step_4(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_4)
-        with pytest.raises(KeyboardInterrupt):
-            sft.run(config(interrupted))
+    with interrupted_at_step(4):
+        sft.run(config(interrupted))
     sft.run(config(interrupted, resume=True))
     a, b = weights(straight), weights(interrupted)
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
 
 
-def test_resume_takes_a_new_learning_rate(tiny_gpt, tmp_path, monkeypatch):
+def test_resume_takes_a_new_learning_rate(tiny_gpt, tmp_path):
     # After a NaN the message says: lower the learning rate, then --resume. The schedule must then use it.
     out, lr = tmp_path / "run", TINY_PRETRAIN.get("lr", PretrainConfig.lr)
-    calls = []
-    real_loss = rlhfkit.stages.lm.lm_loss
-
-    def loss_interrupted_at_step_9(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(rlhfkit.stages.lm, "lm_loss", loss_interrupted_at_step_9)
-        with pytest.raises(KeyboardInterrupt):
-            pretrain.run(resume_config(out, tiny_gpt, log_every=1))
+    with interrupted_at_step(9):
+        pretrain.run(resume_config(out, tiny_gpt, log_every=1))
     pretrain.run(resume_config(out, tiny_gpt, log_every=1, resume=True, lr=lr / 10))
     rows = {r["step"]: r["lr"] for r in read_jsonl(out / "metrics.jsonl")}
     warmup = PretrainConfig.warmup_steps
