@@ -213,7 +213,8 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     built = json.loads(built_path.read_text()) if built_path.exists() else None
     if cfg.resume and built is None and (out / "gpt").exists():
         console.print(
-            "[pipeline] no steps.json (a run of an older rlhfkit): finished steps are taken as built so"
+            "[pipeline] no steps.json (a run of an older rlhfkit): its finished steps are trusted to match "
+            "these settings"
         )
     built = built if cfg.resume and built else {}
 
