@@ -95,7 +95,8 @@ def pretrain_corpus(seed: int = 0, n_docs: int = 4000) -> list[str]:
     return docs
 
 
-TRAIN_DOCS_MAX = 20000  # the largest pretraining corpus a preset draws (`large`); held-out text avoids all of it
+# The largest pretraining corpus a preset draws (`large`); held-out text avoids all of it.
+TRAIN_DOCS_MAX = 20000
 
 
 def heldout_corpus(seed: int = 12345, n_docs: int = 300) -> list[str]:
