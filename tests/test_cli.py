@@ -236,3 +236,14 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
 def test_two_models_of_one_name_are_refused(tiny_sft, capsys):
     assert main(["eval", "--models", f"sft={tiny_sft}", f"sft={tiny_sft}/x"]) == 2
     assert "two models are named 'sft'" in console_text(capsys)
+
+
+def test_judging_with_a_causal_lm_is_refused(tiny_sft, capsys):
+    # Its scalar head would be freshly initialised: every score noise. Score, PPO's RM and eval's judge refuse it.
+    assert main(["score", "--reward-model", str(tiny_sft), "--prompt", "p", "--response", "a"]) == 2
+    assert "is not a reward model (LlamaForCausalLM)" in console_text(capsys)
+
+
+def test_zero_new_tokens_is_a_user_error(tiny_sft, capsys):
+    assert main(["generate", "--model", str(tiny_sft), "--prompt", "x", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens 0: an answer needs at least one token" in console_text(capsys)

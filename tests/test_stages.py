@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import rlhfkit.stages.lm
 import rlhfkit.training
@@ -204,6 +210,11 @@ def test_every_second_model_is_checked_against_the_tokenizer(
 
     tokenizer = load_tokenizer(tiny_sft)
     small = str(tiny_llama_dir(tmp_path / "small", tokenizer, vocab_size=100))
+    small_rm = str(
+        tmp_path / "small_rm"
+    )  # the same, with a (trained-looking) scalar head: a judge must have one
+    AutoModelForSequenceClassification.from_pretrained(small, num_labels=1).save_pretrained(small_rm)
+    tokenizer.save_pretrained(small_rm)
     out = str(tmp_path / "out")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
@@ -216,7 +227,7 @@ def test_every_second_model_is_checked_against_the_tokenizer(
         ),
         "eval --models": lambda: evaluate(EvalConfig(out=out, models=[f"sft={tiny_sft}", f"small={small}"])),
         "eval --judge": lambda: evaluate(
-            EvalConfig(out=out, models=[f"sft={tiny_sft}"], prompts=str(prompts), judge=small)
+            EvalConfig(out=out, models=[f"sft={tiny_sft}"], prompts=str(prompts), judge=small_rm)
         ),
     }
     with pytest.raises(ValueError, match=rf"{where} .*the tokenizer has {len(tokenizer)} tokens.* has 100"):

@@ -157,7 +157,7 @@ def _generate(args: GenerateArgs) -> None:
 
         if not args.reward_model:
             raise ValueError("generate --best-of-n needs --reward-model DIR")
-        reward_model = load_reward_model(args.reward_model, tokenizer.pad_token_id).eval()
+        reward_model = load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True).eval()
         check_vocab(reward_model, tokenizer, f"generate --reward-model {args.reward_model}")
         answers = best_of_n(
             model,
@@ -187,7 +187,7 @@ def _score(args: C.ScoreArgs) -> None:
     if not args.prompt or not args.response:
         raise ValueError("give --prompt TEXT and --response TEXT [TEXT ...]")
     tokenizer = load_tokenizer(args.reward_model)
-    model = load_reward_model(args.reward_model, tokenizer.pad_token_id).eval()
+    model = load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True).eval()
     check_vocab(model, tokenizer, args.reward_model)
     rewards = score_responses(model, tokenizer, [args.prompt] * len(args.response), args.response)
     for response, reward in zip(args.response, rewards.tolist()):

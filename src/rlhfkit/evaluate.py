@@ -267,7 +267,7 @@ def run(cfg):
 
         if not cfg.reward_model:
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
-        rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id).eval()
+        rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True).eval()
         check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}")
         base = load_causal_lm(models[cfg.reference]).eval()
         start, ns = time.time(), sorted(set(cfg.best_of_n))
@@ -378,7 +378,7 @@ def load_eval_prompts(cfg):
     else:
         prompts, families = [r.context for r in rows], [str(r.meta.get("family", "all")) for r in rows]
     judge_tokenizer = load_tokenizer(cfg.judge)
-    judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id).eval()
+    judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id, trained=True).eval()
     check_vocab(judge_model, judge_tokenizer, f"eval --judge {cfg.judge}")
 
     def judge(prompt, a, b):

@@ -90,10 +90,18 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreT
 
 
 def load_reward_model(
-    path: str | Path, pad_token_id: int, dtype: torch.dtype = torch.float32
+    path: str | Path, pad_token_id: int, dtype: torch.dtype = torch.float32, trained: bool = False
 ) -> PreTrainedModel:
-    """A scalar-head model: a trained reward model, or a causal LM whose new head starts at zero-mean noise."""
+    """A scalar-head model: a trained reward model, or a causal LM whose new head starts at zero-mean noise.
+
+    `trained=True` is for judging (score, PPO's reward, eval's judge, best-of-n): a causal LM is refused there,
+    since its head would be random and every score noise."""
     config = from_pretrained(AutoConfig, path, "reward model")
+    if trained and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        raise ValueError(
+            f"{path} is not a reward model ({', '.join(config.architectures or ['no architecture'])}): its scalar "
+            "head would be untrained and every score random; give the directory `rlhfkit reward` wrote"
+        )
     config.num_labels = 1
     config.pad_token_id = pad_token_id  # the head reads the last non-pad token
     return from_pretrained(

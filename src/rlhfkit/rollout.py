@@ -63,6 +63,8 @@ def sample(
     fast: bool = True,
 ) -> SampleBatch:
     """Sample one response per prompt until EOS or `max_new_tokens` (whole batch stops when all rows ended)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: an answer needs at least one token")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)

@@ -114,7 +114,7 @@ def run(cfg: PPOConfig, reward_fn=None):
     reward_model = None
     if reward_fn is None:
         reward_model = (
-            load_reward_model(cfg.reward_model, tokenizer.pad_token_id)
+            load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True)
             .eval()
             .requires_grad_(False)
             .to(device)
