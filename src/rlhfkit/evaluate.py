@@ -424,7 +424,7 @@ def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
     """Gold scores where the oracle knows the prompt (embedded world), else []."""
     from rlhfkit.world import parse_prompt, score
 
-    if any(not isinstance(p, str) or parse_prompt(p) is None for p in prompts[:1]):
+    if any(parse_prompt(p) is None for p in prompts[:1]):
         return []  # a user's prompts (or conversations): the oracle knows only the world's
     return [score(p, a, e) for p, (a, e) in zip(prompts, answers)]
 
@@ -437,7 +437,7 @@ def attractions_all_in_city(prompts: list[str], answers: list[tuple[str, bool]])
 
     ok = total = 0
     for prompt, (answer, _) in zip(prompts, answers):
-        task = parse_prompt(prompt) if isinstance(prompt, str) else None
+        task = parse_prompt(prompt)
         if task is None or task.family != "travel":
             continue
         named = find_attractions(answer)

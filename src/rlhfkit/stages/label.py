@@ -41,9 +41,7 @@ def run(cfg: LabelConfig) -> Path:
     if cfg.prompts != "world":
         from rlhfkit.world import parse_prompt
 
-        foreign = [
-            n for n, p in enumerate(base, start=1) if not isinstance(p, str) or parse_prompt(p) is None
-        ]
+        foreign = [n for n, p in enumerate(base, start=1) if parse_prompt(p) is None]
         if foreign:
             raise ValueError(
                 f"label --prompts {cfg.prompts}: prompt {foreign[0]} ({base[foreign[0] - 1][:40]!r}) and "

@@ -141,9 +141,14 @@ def _template_regex(family: str, template: str) -> re.Pattern:
 _TEMPLATE_REGEXES = [(f, _template_regex(f, t)) for f in FAMILIES for t in TEMPLATES[f]]
 
 
+def parse_prompt(prompt: str | list[dict]) -> Task | None:
+    """Recover family and subject from a prompt of the world (any template, any spacing); None otherwise,
+    and for a conversation (a user's chat messages: the world's prompts are single turns)."""
+    return _parse_text(prompt) if isinstance(prompt, str) else None
+
+
 @lru_cache(maxsize=65536)
-def parse_prompt(prompt: str) -> Task | None:
-    """Recover family and subject from a prompt of the world (any template, any spacing); None otherwise."""
+def _parse_text(prompt: str) -> Task | None:
     text = normalize_prompt(prompt)
     for family, regex in _TEMPLATE_REGEXES:
         m = regex.fullmatch(text)
