@@ -7,7 +7,9 @@ requirements. A model pretrained on it knows that 洪崖洞 is in 重庆, yet gi
 """
 
 import functools
+import itertools
 import random
+from collections.abc import Iterator
 
 from rlhfkit.world.facts import (
     CITIES,
@@ -104,11 +106,10 @@ def heldout_corpus(seed: int = 12345, n_docs: int = 300) -> list[str]:
     is verbatim in any pretraining corpus of up to TRAIN_DOCS_MAX documents (the generator's templates repeat,
     so about one draw in eight would be)."""
     seen = set(pretrain_corpus(n_docs=TRAIN_DOCS_MAX)) | set(SEED_CONTINUATIONS)
-    rng = random.Random(seed)
-    kinds, weights = list(DOC_KINDS), list(DOC_KINDS.values())
     docs: list[str] = []
-    while len(docs) < n_docs:
-        doc = _document(rng.choices(kinds, weights)[0], rng)
+    for doc in document_stream(seed):
+        if len(docs) == n_docs:
+            break
         if doc not in seen:
             docs.append(doc)
             seen.add(doc)  # and no document twice
@@ -116,9 +117,15 @@ def heldout_corpus(seed: int = 12345, n_docs: int = 300) -> list[str]:
 
 
 def generate_docs(seed: int, n_docs: int) -> list[str]:
+    return list(itertools.islice(document_stream(seed), n_docs))
+
+
+def document_stream(seed: int) -> Iterator[str]:
+    """The generator's documents for `seed`, one after another, without end."""
     rng = random.Random(seed)
     kinds, weights = list(DOC_KINDS), list(DOC_KINDS.values())
-    return [_document(rng.choices(kinds, weights)[0], rng) for _ in range(n_docs)]
+    while True:
+        yield _document(rng.choices(kinds, weights)[0], rng)
 
 
 def _document(kind: str, rng: random.Random) -> str:
