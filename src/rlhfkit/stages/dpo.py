@@ -15,6 +15,7 @@ IPO (Azar et al. 2023) and robust DPO (Chowdhury et al. 2024); `label_smoothing`
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -158,10 +159,10 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
         ended = item.ended or [True] * len(item.responses)
         rows, prompt_lens = [], []
         for response, e in zip(item.responses, ended):
-            row = encode_response(tokenizer, item.context, response, e, cfg.max_len)
-            full = prompt_len + len(tokenizer(response, add_special_tokens=False)["input_ids"]) + int(e)
+            whole = encode_response(tokenizer, item.context, response, e, max_len=sys.maxsize)
+            row = whole[-cfg.max_len :]  # cut from the left to max_len, as the reward model's rows are
             rows.append(row)
-            prompt_lens.append(max(prompt_len - (full - len(row)), 0))  # encode_response cuts from the left
+            prompt_lens.append(max(prompt_len - (len(whole) - len(row)), 0))
         rankings.append(EncodedRanking(rows, prompt_lens, item.pairs()))
     return rankings
 
