@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from rlhfkit.config import EvalConfig, PPOConfig, parse_setting
+from rlhfkit.config import EvalConfig, PPOConfig, key_values, parse_setting
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.stages import ppo
 from rlhfkit.training import quiet_libraries
@@ -55,8 +55,8 @@ def main() -> None:
     out_path = args.out or f"benchmarks/results/{args.param}_sweep"
     settings = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     base = PPOConfig(**settings[args.base])
-    fixed = dict(item.split("=", 1) for item in args.set)
     try:  # every setting read before anything trains; an unknown one is named (parse_setting checks the keys)
+        fixed = key_values(args.set)
         base = dataclasses.replace(
             base, **{key: parse_setting(PPOConfig, key, text) for key, text in fixed.items()}
         )

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig, parse_setting
+from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig, key_values, parse_setting
 from rlhfkit.data import load_preferences
 from rlhfkit.evaluate import reward_model_vs_gold
 from rlhfkit.evaluate import run as evaluate
@@ -62,10 +62,13 @@ def main() -> None:
     run = Path(args.run)
     settings = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     label_cfg, run_reward = LabelConfig(**settings["label"]), RewardConfig(**settings["reward"])
-    fixed = dict(item.split("=", 1) for item in args.set)
-    reward_cfg = dataclasses.replace(
-        run_reward, **{key: parse_setting(RewardConfig, key, text) for key, text in fixed.items()}
-    )
+    try:  # read before anything trains; a bad --set item is named
+        fixed = key_values(args.set)
+        reward_cfg = dataclasses.replace(
+            run_reward, **{key: parse_setting(RewardConfig, key, text) for key, text in fixed.items()}
+        )
+    except ValueError as error:
+        raise SystemExit(f"rm_data_scaling: {error}") from None
     ppo_cfg = PPOConfig(**settings["ppo"])
     work = run / "rm_data_scaling"
 

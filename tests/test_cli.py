@@ -9,7 +9,7 @@ import pytest
 import rlhfkit.stages.pretrain
 from conftest import read_jsonl
 from rlhfkit.cli import main
-from rlhfkit.config import PPOConfig, PretrainConfig, RewardConfig, parse_setting
+from rlhfkit.config import PPOConfig, PretrainConfig, RewardConfig, key_values, parse_setting
 
 
 def console_text(capsys) -> str:
@@ -117,6 +117,9 @@ def test_key_value_settings_take_the_fields_declared_type():
     assert parse_setting(PPOConfig, "value_model", "runs/x/reward") == "runs/x/reward"  # str | None
     with pytest.raises(ValueError, match="batch_sise: not a RewardConfig setting"):
         parse_setting(RewardConfig, "batch_sise", "4")
+    assert key_values(["kl_coef=0.2", "reward_model=a=b"]) == {"kl_coef": "0.2", "reward_model": "a=b"}
+    with pytest.raises(ValueError, match="--set 'kl_coef': expected KEY=VALUE"):
+        key_values(["kl_coef"])
 
 
 def test_unknown_yaml_key_names_the_file_and_key(tmp_path, captured_config, capsys):

@@ -312,6 +312,14 @@ def parse_setting(cls: type, key: str, value):
         raise ValueError(f"{key}: expected {expected}, got {value!r}") from None
 
 
+def key_values(items: list[str], flag: str = "--set") -> dict[str, str]:
+    """`KEY=VALUE` items as {KEY: VALUE text} (read each value with `parse_setting`); an item without "=" is named."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ValueError(f"{flag} {bad[0]!r}: expected KEY=VALUE")
+    return dict(item.split("=", 1) for item in items)
+
+
 def _read(kind: type, value):
     """`value` as `kind`, through its text as the flag reads it: `7.5` is no integer and `true` no float there."""
     if kind is bool and isinstance(value, bool):
