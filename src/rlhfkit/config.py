@@ -51,7 +51,7 @@ class PretrainConfig(TrainArgs):
     data: str = arg(
         "world", "pretraining text: a {'text'} JSONL/dataset file, or 'world' for the embedded corpus"
     )
-    world_docs: int = arg(4000, "documents generated when data = world")
+    world_docs: int = arg(20000, "documents generated when data = world (20000: ~580k tokens)")
     tokenizer: str | None = arg(
         None, "existing tokenizer dir; default: the --model's own, or a byte-level BPE trained on the data"
     )

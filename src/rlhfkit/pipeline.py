@@ -75,7 +75,6 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     "large": {  # more parameters and data: meant for a GPU
         "pretrain": {
-            "world_docs": 20000,
             "max_steps": 3000,
             "hidden_size": 512,
             "num_layers": 8,
@@ -251,7 +250,12 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     from rlhfkit.stages.lm import is_finished
     from rlhfkit.world import export_world
 
-    step("data", (out / "data" / "eval_prompts.jsonl").exists(), lambda: export_world(out / "data"))
+    corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
+    step(
+        "data",
+        (out / "data" / "eval_prompts.jsonl").exists(),
+        lambda: export_world(out / "data", n_docs=corpus_docs),
+    )
     if step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"])):
         shutil.rmtree(out / "tokenizer", ignore_errors=True)  # (re)built: its tokenizer is the one to copy
     if not (out / "tokenizer").exists():

@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-from rlhfkit.world.corpus import heldout_corpus, pretrain_corpus
+from rlhfkit.world.corpus import DEFAULT_DOCS, heldout_corpus, pretrain_corpus
 from rlhfkit.world.tasks import SEED_PROMPTS, Task, demonstrations, parse_prompt, split_prompts
 
 
-def export_world(out_dir: str | Path, seed: int = 0, n_docs: int = 4000) -> dict[str, int]:
+def export_world(out_dir: str | Path, seed: int = 0, n_docs: int = DEFAULT_DOCS) -> dict[str, int]:
     """Write pretrain / SFT / prompt-split files under `out_dir`; returns the number of rows per file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
