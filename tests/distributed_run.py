@@ -1,8 +1,9 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2`: every trainer in two CPU processes (gloo).
 
 Each process trains on its own share of the data; DDP must average the gradients so that the two copies of every
-trained model stay identical. Prints, on rank 0, one JSON line: per model, the parameter sum of each rank before
-and after training.
+trained model stay identical, and each stage's learning-rate schedule must advance once per optimizer step, as in
+one process. Prints, on rank 0, one JSON line: per model, the parameter sum of each rank before and after
+training; per stage, the last logged learning rate and the one its schedule gives after that many steps.
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_run.py SFT_DIR REWARD_DIR COMPARISONS OUT
 """
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhfkit.modeling import load_causal_lm, load_reward_model
 from rlhfkit.stages import dpo, ppo, reward, sft
+from rlhfkit.training import cosine_schedule
 
 
 def parameter_sum(model) -> float:
@@ -33,6 +35,21 @@ def every_rank(value: float) -> list[float]:
     return values
 
 
+def scheduled_lr(lr: float, warmup: int, total: int, steps: int) -> float:
+    """The learning rate after `steps` optimizer steps of the stages' schedule, in a single process."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    schedule = cosine_schedule(optimizer, warmup, total)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    return schedule.get_last_lr()[0]
+
+
+def last_lr(stage_dir: str) -> float:
+    with open(f"{stage_dir}/metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f][-1]["lr"]
+
+
 def main() -> None:
     sft_dir, reward_dir, comparisons, out = sys.argv[1:5]
     torch.manual_seed(0)
@@ -40,6 +57,9 @@ def main() -> None:
     value_models = []  # the PPO value model: the loop trains it but does not return it
     make_value_model = ppo.make_value_model
     ppo.make_value_model = lambda *args: value_models.append(make_value_model(*args)) or value_models[-1]
+    controllers = []  # and its KL controller, whose β each process keeps
+    kl_controller = ppo.KLController
+    ppo.KLController = lambda *args: controllers.append(kl_controller(*args)) or controllers[-1]
 
     sft_before = parameter_sum(load_causal_lm(sft_dir))
     trained = {
@@ -70,27 +90,35 @@ def main() -> None:
             ),
         ),
     }
-    policy = ppo.run(
-        PPOConfig(
-            out=f"{out}/ppo",
-            policy=sft_dir,
-            reward_model=reward_dir,
-            iterations=2,
-            batch_size=8,
-            mini_batch_size=4,
-            max_new_tokens=12,
-            ptx_coef=1.0,
-            ptx_batch_size=2,
-            ema_decay=0.0,
-            **common,
-        )
+    ppo_config = PPOConfig(
+        out=f"{out}/ppo",
+        policy=sft_dir,
+        reward_model=reward_dir,
+        iterations=2,
+        batch_size=8,
+        mini_batch_size=4,
+        max_new_tokens=12,
+        ptx_coef=1.0,
+        ptx_batch_size=2,
+        adaptive_kl=True,  # β must follow the KL of both processes' episodes, the same on each
+        **common,
     )
+    policy = ppo.run(ppo_config)
     trained["ppo_policy"] = (sft_before, policy)
     trained["ppo_value"] = (parameter_sum(load_reward_model(reward_dir, 0)), value_models[0])
     result = {
         name: {"before": every_rank(before), "after": every_rank(parameter_sum(model))}
         for name, (before, model) in trained.items()
     }
+    sft_config, ppo_steps = SFTConfig(), ppo_config.iterations * ppo_config.ppo_epochs * 2  # 2 minibatches
+    result["lr"] = {
+        "sft": [last_lr(f"{out}/sft"), scheduled_lr(sft_config.lr, sft_config.warmup_steps, 2, 2)],
+        "ppo": [
+            last_lr(f"{out}/ppo"),
+            scheduled_lr(ppo_config.lr, ppo_config.warmup_steps, ppo_steps, ppo_steps),
+        ],
+    }
+    result["kl_coef"] = {"start": ppo_config.kl_coef, "end": every_rank(controllers[0].value)}
     result["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
         print(json.dumps(result))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_two_processes_train_identical_copies_of_every_model(
     tiny_sft, tiny_reward, tiny_comparisons, tmp_path
@@ -25,6 +27,10 @@ def test_two_processes_train_identical_copies_of_every_model(
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result.pop("world_size") == 2
+    for stage, (logged, single_process) in result.pop("lr").items():
+        assert logged == pytest.approx(single_process, rel=1e-6), f"{stage}: the schedule ran at another pace"
+    kl_coef = result.pop("kl_coef")
+    assert kl_coef["end"][0] == kl_coef["end"][1] != kl_coef["start"]  # adapted, from both processes' KL
     assert set(result) == {"sft", "reward", "dpo", "ppo_policy", "ppo_value"}
     for name, sums in result.items():
         before, after = sums["before"], sums["after"]

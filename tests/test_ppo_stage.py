@@ -309,3 +309,70 @@ def test_too_little_ptx_text_names_the_flag(tiny_sft, tmp_path):
     text.write_text(json.dumps({"text": "短。"}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"ppo --ptx-data {text}: \d+ tokens, fewer than one block of 128"):
         ppo.run(toy_config(tmp_path / "ptx", tiny_sft, ptx_coef=1.0, ptx_data=str(text)), toy_reward)
+
+
+def rm_setup(tiny_sft, tiny_reward, **kw):
+    from transformers import AutoTokenizer
+
+    from rlhfkit.modeling import load_causal_lm, load_reward_model
+
+    config = toy_config(
+        Path("unused"), tiny_sft, reward_model=str(tiny_reward), missing_eos_penalty=0.0, **kw
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward)
+    reward_model = load_reward_model(str(tiny_reward), tokenizer.pad_token_id, trained=True).eval()
+    assert reward_model.config.reward_bias != 0 and reward_model.config.reward_std not in (0, 1)
+    return config, tokenizer, load_causal_lm(tiny_sft).eval(), reward_model
+
+
+def test_value_model_starts_in_the_rewards_units(tiny_sft, tiny_reward):
+    """Initialised from the RM, V at the last token of an answer is the reward PPO gives it (shift and scale)."""
+    from rlhfkit.modeling import per_token_scores
+    from rlhfkit.rollout import encode_prompts, sample
+
+    config, tokenizer, policy, reward_model = rm_setup(tiny_sft, tiny_reward)
+    ids = encode_prompts(
+        tokenizer, ["我想去重庆玩，有哪些好玩的地点呢？", "请问北京有什么好玩的景点？"], chat=True
+    )
+    batch = sample(
+        policy, ids, tokenizer.eos_token_id, tokenizer.pad_token_id, 8, 1.0, 1.0, torch.Generator()
+    )
+    value_model = ppo.make_value_model(config, policy, tokenizer)
+    with torch.no_grad():
+        values = per_token_scores(value_model, batch.sequences, batch.attention_mask)  # (B, T) every position
+        rewards = ppo.score_episodes(reward_model, None, batch, [], [], config)  # (B,)
+    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(1)  # the last real token
+    torch.testing.assert_close(values[torch.arange(2), last], rewards, atol=1e-5, rtol=0)
+
+
+def test_shared_value_head_starts_as_the_rm_head_in_reward_units(tiny_sft, tiny_reward):
+    config, tokenizer, policy, reward_model = rm_setup(tiny_sft, tiny_reward, shared_trunk=True)
+    head = ppo.make_value_model(config, policy, tokenizer)
+    shift, scale = reward_model.config.reward_bias, reward_model.config.reward_std
+    torch.testing.assert_close(head.weight.detach(), reward_model.score.weight.detach() / scale)
+    torch.testing.assert_close(head.bias.detach(), torch.tensor([shift / scale]))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            dict(temperature=0.0),
+            "ppo --temperature 0.0: PPO needs the sampling distribution's log-probabilities",
+        ),
+        (dict(grad_accum=2), "ppo --grad-accum 2: PPO takes one optimizer step per minibatch"),
+    ],
+)
+def test_settings_ppo_cannot_honour_are_refused(setting, message, tiny_sft, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ppo.run(toy_config(tmp_path / "bad", tiny_sft, **setting), toy_reward)
+
+
+def test_max_grad_norm_zero_turns_clipping_off(tiny_sft, tmp_path):
+    """0 means no clipping, not gradients clipped to nothing: the policy still moves."""
+    out = tmp_path / "noclip"
+    policy = ppo.run(toy_config(out, tiny_sft, max_grad_norm=0.0, iterations=1), toy_reward)
+    before = load_file(str(tiny_sft / "model.safetensors"))
+    after = dict(policy.named_parameters())
+    moved = [n for n, w in before.items() if n in after and not torch.equal(after[n].detach(), w)]
+    assert moved

@@ -37,7 +37,7 @@ class TrainArgs:
     lr: float = arg(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = arg(0.0, "AdamW weight decay on matrices")
     warmup_steps: int = arg(20, "linear warm-up steps before cosine decay")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = no clipping)")
     max_len: int = arg(128, "maximum tokens per sequence (longer ones are truncated)")
     log_every: int = arg(10, "log metrics every N steps")
     save_every: int = arg(100, "write a resumable checkpoint every N steps (0 = only at the end)")

@@ -74,7 +74,15 @@ def make_accelerator(
             mixed_precision = "bf16" if cpu_bf16_is_fast() else "no"
         else:
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    # Every stage counts its schedule in its own optimizer steps. Accelerate's default steps a prepared scheduler once
+    # per process at each optimizer step (it assumes the step count was divided by the number of processes), which
+    # ran warm-up and decay N times too fast on N processes.
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        step_scheduler_with_optimizer=False,
+    )
 
 
 @functools.cache
@@ -108,11 +116,22 @@ def cosine_schedule(
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
     """AdamW; no weight decay on norms and biases (1-d parameters)."""
+    return torch.optim.AdamW(parameter_groups(model, lr, weight_decay), lr=lr, betas=betas)
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """The trainable parameters of `model` as AdamW groups: matrices decayed, norms and biases (1-d) not."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def clip_gradients(accelerator: Accelerator, params, max_norm: float) -> torch.Tensor:
+    """Clip the gradients' global norm to max_norm; returns the norm before clipping. max_norm ≤ 0: no clipping."""
+    return accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
 
 
 def check_finite(step: int, **values: float) -> None:

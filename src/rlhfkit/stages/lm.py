@@ -19,6 +19,7 @@ from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    clip_gradients,
     console,
     cosine_schedule,
     load_checkpoint,
@@ -76,7 +77,7 @@ def train_lm(
                 total_loss += loss.item() / cfg.grad_accum
                 n_tokens += int((batch["labels"] != -100).sum())
             check_finite(step + 1, loss=total_loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

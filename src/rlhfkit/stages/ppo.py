@@ -68,10 +68,12 @@ from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    clip_gradients,
     console,
     cosine_schedule,
     load_checkpoint,
     make_accelerator,
+    parameter_groups,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -90,6 +92,15 @@ def run(cfg: PPOConfig, reward_fn=None):
         raise ValueError(
             f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
             "each prompt is sampled rloo_k times"
+        )
+    if cfg.grad_accum != 1:
+        raise ValueError(
+            f"ppo --grad-accum {cfg.grad_accum}: PPO takes one optimizer step per minibatch; "
+            "set --mini-batch-size (episodes per step) instead"
+        )
+    if cfg.temperature <= 0:
+        raise ValueError(
+            f"ppo --temperature {cfg.temperature}: PPO needs the sampling distribution's log-probabilities; use > 0"
         )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -139,13 +150,12 @@ def run(cfg: PPOConfig, reward_fn=None):
     n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
     episodes = n_prompts * (cfg.rloo_k if cfg.algo == "rloo" else 1)
     steps_per_iteration = cfg.ppo_epochs * -(-episodes // cfg.mini_batch_size)
-    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr}]
+    groups = parameter_groups(policy, cfg.lr, cfg.weight_decay)
     if value_model is not None:
-        groups.append({"params": [p for p in value_model.parameters() if p.requires_grad], "lr": cfg.vf_lr})
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.0)
+        groups += parameter_groups(value_model, cfg.vf_lr, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.iterations * steps_per_iteration)
     kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
-    ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if value_model is not None and not cfg.shared_trunk:
         policy, value_model, optimizer, scheduler = accelerator.prepare(
             policy, value_model, optimizer, scheduler
@@ -159,6 +169,8 @@ def run(cfg: PPOConfig, reward_fn=None):
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
         value_model = value_model.to(device) if value_model is not None else None
     accelerator.register_for_checkpointing(kl_ctl)
+    # built from the prepared policy, so that its shadow weights live where the policy's do (the GPU)
+    ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay > 0 else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if cfg.shared_trunk and value_model is not None:
@@ -172,9 +184,9 @@ def run(cfg: PPOConfig, reward_fn=None):
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
     with Tracker(out, stage, cfg.iterations, start, enabled=accelerator.is_main_process) as tracker:
         for it in range(start, cfg.iterations):
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)  # exact resume
-            # 1. rollout
+            # 1. rollout (the RNG is a function of seed, iteration and process: --resume continues exactly)
             number = it * accelerator.num_processes + accelerator.process_index
+            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + number)
             batch_prompts = [prompts[i] for i in batch_indices(len(prompts), n_prompts, number, cfg.seed)]
             if cfg.algo == "rloo":
                 batch_prompts = batch_prompts * cfg.rloo_k  # (k, P) layout of losses.rloo_advantages
@@ -200,7 +212,9 @@ def run(cfg: PPOConfig, reward_fn=None):
                 scores = score_episodes(reward_model, reward_fn, batch, batch_prompts, texts, cfg)  # (B,)
 
             # 3. rewards: −β·KL per token, the RM score at the last token
-            kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, R)
+            kl = torch.where(
+                mask.bool(), kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), 0.0
+            )  # (B, R)
             check_finite(it + 1, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
             last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
             rewards = -kl_ctl.value * kl
@@ -249,7 +263,9 @@ def run(cfg: PPOConfig, reward_fn=None):
                             loss = loss + cfg.vf_coef * v_loss
                             record(stats, v_loss=v_loss, **v_stats)
                         if ptx_blocks is not None:
-                            ptx = ptx_batch(ptx_blocks, cfg, it, epoch, mb, tokenizer.pad_token_id, device)
+                            ptx = ptx_batch(
+                                ptx_blocks, cfg, number, epoch, mb, tokenizer.pad_token_id, device
+                            )
                             ptx_loss = lm_loss(
                                 policy(
                                     input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
@@ -260,7 +276,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                             record(stats, ptx_loss=ptx_loss)
                     check_finite(it + 1, loss=loss.item())
                     accelerator.backward(loss)
-                    accelerator.clip_grad_norm_(optimizer_params(optimizer), cfg.max_grad_norm)
+                    clip_gradients(accelerator, optimizer_params(optimizer), cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -268,14 +284,16 @@ def run(cfg: PPOConfig, reward_fn=None):
                         ema.update(accelerator.unwrap_model(policy))
 
             # 6. β, metrics, samples, checkpoint
-            episode_kl = kl.sum(1).mean().item()
-            kl_ctl.update(episode_kl, len(last))
+            non_score_reward = -kl_ctl.value * kl.sum(1).mean().item()  # the β of this rollout, not whitened
+            # β follows the KL of every process's episodes, so all processes keep one β
+            episode_kl = accelerator.reduce(kl.sum(1).mean(), "mean").item()
+            kl_ctl.update(episode_kl, len(last) * accelerator.num_processes)
             done = it + 1
             metrics = {
                 "reward": scores.mean().item(),
                 "kl": episode_kl,
                 "kl_coef": kl_ctl.value,
-                "non_score_reward": rewards.sum().item() / len(last) - scores.mean().item(),
+                "non_score_reward": non_score_reward,
                 "response_length": mask.sum(1).mean().item(),
                 "eos_fraction": batch.ended.float().mean().item(),
                 "lr": scheduler.get_last_lr()[0],
@@ -329,19 +347,46 @@ def run(cfg: PPOConfig, reward_fn=None):
 
 
 def make_value_model(cfg: PPOConfig, policy, tokenizer):
-    """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's."""
+    """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's.
+
+    Either starts out predicting the RM's score in the units PPO's rewards are in (`reward_units`): shifted so the
+    demonstrations average 0 and, with `scale_rewards`, divided by the RM's std."""
     source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
     if not cfg.shared_trunk:
         value_model = load_reward_model(source, tokenizer.pad_token_id).eval()
         check_vocab(value_model, tokenizer, f"ppo --value-model {source}")
-        return TokenScores(value_model)
+        return ValueModel(value_model, *reward_units(value_model.config, cfg))
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)
     if source and Path(source).exists():
-        rm_head = scalar_head(load_reward_model(source, tokenizer.pad_token_id))
+        rm = load_reward_model(source, tokenizer.pad_token_id)
+        rm_head = scalar_head(rm)
         if rm_head.weight.shape == head.weight.shape:
-            head.weight.data.copy_(rm_head.weight.data)
+            shift, scale = reward_units(rm.config, cfg)
+            head.weight.data.copy_(rm_head.weight.data / scale)
+            head.bias.data.fill_(shift / scale)
     return head
+
+
+class ValueModel(TokenScores):
+    """V(s_t) on every position: a scalar-head model's output in PPO's reward units, (head + shift) / scale.
+
+    The affine map stays outside the weights (a sequence-classification head has no bias), so the saved value
+    model, whose config keeps the RM's `reward_bias` / `reward_std`, scores in the same units when loaded."""
+
+    def __init__(self, model, shift: float = 0.0, scale: float = 1.0):
+        super().__init__(model)
+        self.shift, self.scale = shift, scale
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return (super().forward(input_ids, attention_mask) + self.shift) / self.scale
+
+
+def reward_units(config, cfg: PPOConfig) -> tuple[float, float]:
+    """(shift, scale) that take a scalar head's raw output to PPO's reward: (raw + shift) / scale."""
+    shift = float(getattr(config, "reward_bias", 0.0) or 0.0)
+    scale = float(getattr(config, "reward_std", 1.0) or 1.0) if cfg.scale_rewards else 1.0
+    return shift, scale
 
 
 def load_ptx_blocks(cfg: PPOConfig, tokenizer):
@@ -385,11 +430,9 @@ def score_episodes(
     if reward_fn is not None:
         scores = torch.as_tensor(reward_fn(prompts, texts, batch.ended.tolist()), dtype=torch.float32)
     else:
-        config = reward_model.config
-        scores = last_token_scores(reward_model, batch.sequences, batch.attention_mask).float()
-        scores = scores + float(getattr(config, "reward_bias", 0.0) or 0.0)
-        if cfg.scale_rewards:
-            scores = scores / float(getattr(config, "reward_std", 1.0) or 1.0)
+        shift, scale = reward_units(reward_model.config, cfg)
+        raw = last_token_scores(reward_model, batch.sequences, batch.attention_mask).float()
+        scores = (raw + shift) / scale
     return scores.to(batch.sequences.device) - cfg.missing_eos_penalty * (~batch.ended).float()
 
 
@@ -406,8 +449,10 @@ def minibatch(batch: SampleBatch, index: torch.Tensor) -> SampleBatch:
     )
 
 
-def ptx_batch(blocks, cfg: PPOConfig, it: int, epoch: int, mb: torch.Tensor, pad_id: int, device):
-    number = (it * cfg.ppo_epochs + epoch) * 1000 + int(mb[0])  # deterministic, different each minibatch
+def ptx_batch(blocks, cfg: PPOConfig, rollout: int, epoch: int, mb: torch.Tensor, pad_id: int, device):
+    """Pretraining blocks for one minibatch: a function of (rollout number, epoch, minibatch), so each process and
+    each step reads different text and --resume reads the same."""
+    number = (rollout * cfg.ppo_epochs + epoch) * 1000 + int(mb[0])
     batch = collate(
         [blocks[i] for i in batch_indices(len(blocks), cfg.ptx_batch_size, number, cfg.seed + 1)], pad_id
     )
@@ -480,4 +525,5 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
+        device = next(iter(self.shadow.values())).device if self.shadow else None
+        self.shadow = {k: v.to(device).clone() for k, v in state.items()}
