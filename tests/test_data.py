@@ -272,6 +272,8 @@ BAD_ROWS = [
         "does not share",
     ),
     (load_prompts, {"prompt": ""}, "prompt", "is empty"),
+    (load_prompts, {"prompt": "q", "messages": [user("q2")]}, "messages", 'given together with "prompt"'),
+    (load_prompts, {"prompt": "q", "messages": [assistant("x")]}, "messages", 'Keep one: "prompt"'),
     (load_prompts, {"prompt": None, "family": "x"}, "prompt", None),
 ]
 

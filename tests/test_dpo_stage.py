@@ -98,3 +98,36 @@ def test_a_conversation_reaches_the_model_whole(tiny_sft, tmp_path):
     for ids, n_prompt in zip(ranking.rows, ranking.prompt_lens):
         assert tokenizer.decode(ids[:n_prompt]) == format_prompt(tokenizer, turns)
         assert "你是导游" in tokenizer.decode(ids[:n_prompt])
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_step_zero_log_ratios_are_zero_under_mixed_precision(precision, tiny_sft, tmp_path):
+    # The reference log-probs are cached under the policy's autocast, so policy = reference gives log-ratios
+    # of exactly 0 at step 0 — in bf16 too, where a float32 reference would be off by bf16 rounding.
+    from rlhfkit.world import split_prompts
+
+    answers = ["洪崖洞、解放碑和磁器口。", "不知道", "故宫。", "可以去看看长城。"]
+    rows = [
+        {"prompt": task.prompt, "responses": answers[i % 2 : i % 2 + 3], "ranking": [0, 1, 2]}
+        for i, task in enumerate(split_prompts()["rm"][:8])
+    ]
+    data = tmp_path / "rankings.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "dpo"
+    cfg = DPOConfig(
+        out=str(out),
+        policy=str(tiny_sft),
+        data=str(data),
+        mixed_precision=precision,
+        max_steps=1,
+        batch_size=8,
+        beta=1.0,
+        warmup_steps=0,
+        max_len=64,
+        log_every=1,
+        save_every=0,
+    )
+    dpo.run(cfg)
+    [step] = read_jsonl(out / "metrics.jsonl")
+    assert (step["chosen_reward"], step["rejected_reward"], step["reward_margin"]) == (0.0, 0.0, 0.0)
+    assert step["loss"] == pytest.approx(math.log(2), abs=1e-7)

@@ -1,11 +1,19 @@
-"""`rlhfkit eval` outside the embedded world: user prompts, judged by a reward model (the oracle cannot judge)."""
+"""`rlhfkit eval` outside the embedded world: user prompts, judged by a reward model (the oracle cannot judge);
+the reward model's comparison with the held-out panel; the report's figures."""
 
 import json
 
 import pytest
+import torch
 
+from rlhfkit import report as report_module
 from rlhfkit.config import EvalConfig
+from rlhfkit.data import Ranked
+from rlhfkit.evaluate import gold_scores, reward_model_vs_gold
 from rlhfkit.evaluate import run as evaluate
+from rlhfkit.report import write_figures
+from rlhfkit.stages import reward as reward_stage
+from rlhfkit.world import eval_panel, inter_labeler_agreement, labelers, split_prompts
 
 USER_PROMPTS = ["What is the capital of France?", "请问北京有什么好玩的景点？", "Tell me a joke"]
 
@@ -45,3 +53,97 @@ def test_user_prompts_without_a_judge_say_what_to_add(tiny_sft, user_prompts, tm
     cfg = EvalConfig(out=str(tmp_path / "eval"), models=[f"sft={tiny_sft}"], prompts=str(user_prompts))
     with pytest.raises(ValueError, match="need --judge"):
         evaluate(cfg)
+
+
+# --- reward_model_vs_gold on hand-made items, the reward model replaced by fixed scores ----------------------
+
+
+def world_items() -> list[Ranked]:
+    """Two K=3 rankings of world prompts, answers that differ so the panel orders every pair."""
+    answers = ["洪崖洞、解放碑和磁器口。", "不知道", "故宫。", "可以去看看。"]
+    return [
+        Ranked(task.prompt, answers[i : i + 3], [1, 2, 3], ended=[True, False, True])
+        for i, task in zip(range(2), split_prompts()["rm"])
+    ]
+
+
+@pytest.fixture
+def fixed_rewards(monkeypatch):
+    """Replace the reward model by `rewards` (a list, one per response in order); records what was scored."""
+    scored: dict = {"rewards": None}
+
+    def fake(model, tokenizer, prompts, responses, ended=None, max_len=256, batch_size=64):
+        scored.update(prompts=prompts, responses=responses, ended=ended)
+        rewards = scored["rewards"] if scored["rewards"] is not None else [0.0] * len(prompts)
+        return torch.tensor(rewards, dtype=torch.float64)
+
+    monkeypatch.setattr(reward_stage, "score_responses", fake)
+    return scored
+
+
+def test_a_reward_model_tie_agrees_with_neither_side(fixed_rewards):
+    # Every response scored the same: the RM orders no pair, so it agrees with the panel on none of them.
+    report = reward_model_vs_gold(None, None, world_items(), max_len=64)
+    assert report["n_panel_pairs"] == 6
+    assert report["panel_agreement"] == 0.0
+    assert report["accuracy_by_dimension"]
+    assert all(d["accuracy"] == 0.0 for d in report["accuracy_by_dimension"].values())
+
+
+def test_labels_vs_panel_counts_only_the_pairs_the_labels_rank(fixed_rewards):
+    prompt = split_prompts()["rm"][0].prompt
+    a, b = "洪崖洞、解放碑和磁器口。", "不知道"
+    panel_prefers_a = eval_panel().compare(prompt, a, True, b, True) == 1.0
+    ranked = Ranked(prompt, [a, b], [1, 2] if panel_prefers_a else [2, 1])  # the labels agree with the panel
+    tied = Ranked(prompt, ["故宫。", "可以去看看。"], [1, 1])
+    report = reward_model_vs_gold(None, None, [ranked, tied], max_len=64)
+    assert report["labels_vs_panel_agreement"] == 1.0  # not 1/2: the tied pair is no disagreement
+    assert (report["n_panel_pairs"], report["n_labelled_panel_pairs"]) == (2, 1)
+
+
+def test_the_reward_model_is_scored_on_the_whole_conversation(fixed_rewards):
+    items = world_items()
+    turns = [{"role": "system", "content": "你是导游"}, {"role": "user", "content": items[0].prompt}]
+    items[0].prompt_messages = turns
+    fixed_rewards["rewards"] = [3.0, 2.0, 1.0, 3.0, 2.0, 1.0]
+    report = reward_model_vs_gold(None, None, items, max_len=64)
+    assert fixed_rewards["prompts"] == [turns] * 3 + [items[1].prompt] * 3
+    assert fixed_rewards["ended"] == [True, False, True] * 2
+    assert report["n_panel_pairs"] == 6  # the panel and the oracle still read the prompt text
+
+
+def test_the_labelers_ceiling_uses_the_settings_that_labelled(fixed_rewards):
+    items = world_items()
+    as_judged = [(i.prompt, i.responses, i.ended) for i in items]
+    settings = {"n_labelers": 3, "seed": 7, "labeler_noise": 3.0, "label_noise": 1.0, "source": "x.json"}
+    report = reward_model_vs_gold(None, None, items, max_len=64, label_settings=settings)
+    expected = inter_labeler_agreement(labelers(3, seed=7, noise=3.0, flip_rate=1.0), as_judged)
+    assert report["inter_labeler_agreement"] == expected
+    assert report["labelers"] == settings
+    fallback = reward_model_vs_gold(None, None, items, max_len=64)
+    assert fallback["labelers"] == {
+        "n_labelers": 5,
+        "seed": 0,
+        "labeler_noise": 0.5,
+        "label_noise": 0.1,
+        "source": "LabelConfig defaults",
+    }
+    default = inter_labeler_agreement(labelers(5, seed=0, noise=0.5, flip_rate=0.1), as_judged)
+    assert fallback["inter_labeler_agreement"] == default != expected
+
+
+def test_gold_scores_need_every_prompt_to_be_the_worlds():
+    world = split_prompts()["eval"][0].prompt
+    answers = [("故宫。", True), ("故宫。", True)]
+    assert len(gold_scores([world, world], answers)) == 2
+    assert gold_scores([world, "Tell me a joke"], answers) == []
+
+
+def test_figures_never_read_metrics_of_a_run_without_a_directory(tmp_path, monkeypatch):
+    # best-of-n has no run directory: its "" must not become ./metrics.jsonl of wherever eval runs.
+    read = []
+    monkeypatch.setattr(report_module, "read_metrics", lambda path: read.append(path) or [])
+    report = {"models": {"sft": {"win_rate": 0.5, "win_rate_ci": [0.4, 0.6]}}, "reference": "sft"}
+    write_figures(report, {"sft": str(tmp_path / "sft"), "best_of_4": ""}, tmp_path)
+    assert set(read) == {str(tmp_path / "sft")}
+    assert (tmp_path / "curves.png").exists()

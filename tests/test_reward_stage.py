@@ -4,6 +4,7 @@ the CLI with the file and line."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import TINY_REWARD, read_jsonl
 from rlhfkit.cli import main
 from rlhfkit.config import RewardConfig
+from rlhfkit.data import Ranked
 from rlhfkit.modeling import load_reward_model, read_meta
 from rlhfkit.stages import reward
 from rlhfkit.stages.reward import score_responses
@@ -67,6 +69,9 @@ def test_reward_model_is_a_stock_hf_model(tiny_reward):
 
 def test_reward_eval_report(tiny_reward):
     report = json.loads((tiny_reward / "eval.json").read_text())
+    # the ceiling is that of the labelers who wrote the comparisons, as `label` recorded them
+    assert report["labelers"]["source"].endswith("comparisons.labelers.json")
+    assert report["labelers"]["label_noise"] == 0.1
     for key in ("val_accuracy", "panel_agreement", "inter_labeler_agreement", "train_accuracy"):
         assert 0.0 <= report[key] <= 1.0, key
     assert -1.0 <= report["spearman_reward_vs_gold"] <= 1.0
@@ -169,8 +174,13 @@ def test_bad_preference_file_names_file_and_line(case, tiny_sft, tmp_path, capsy
 def test_identical_answers_are_tied_not_ranked():
     from rlhfkit.stages.label import ranks_with_ties
 
-    # The labeler's order puts copy 2 of "a" first; both copies share rank 1, so no pair compares them.
-    assert ranks_with_ties([2, 0, 1, 3], ["a", "b", "a", "c"], [True] * 4) == {"ranks": [1, 3, 1, 4]}
+    # The labeler's order puts copy 2 of "a" first; both copies share rank 1, so no pair compares them, and
+    # the ranks stay consecutive: "b" is one step below "a", so a rank margin counts one step, not two.
+    tied = ranks_with_ties([2, 0, 1, 3], ["a", "b", "a", "c"], [True] * 4)
+    assert tied == {"ranks": [1, 2, 1, 3]}
+    margin = reward.margins(torch.tensor([tied["ranks"]]), 0.5)[0]  # (K, K): [w, l]
+    expected = [[0, 0.5, 0, 1.0], [0, 0, 0, 0.5], [0, 0.5, 0, 1.0], [0, 0, 0, 0]]
+    torch.testing.assert_close(margin, torch.tensor(expected))
     # The same text cut off before EOS is a different answer.
     assert ranks_with_ties([0, 1], ["a", "a"], [True, False]) == {"ranking": [0, 1]}
     assert ranks_with_ties([2, 0, 1], ["a", "b", "c"], [True] * 3) == {"ranking": [2, 0, 1]}
@@ -214,6 +224,10 @@ def test_label_rounds_rank_each_prompt_again_by_another_labeler(tiny_sft, tmp_pa
     label.run(cfg)
     rows = read_jsonl(out)
     assert [r["prompt"] for r in rows] == asked + asked  # every prompt once per round
+    # The labelers' settings sit next to the comparisons, for the reward model's agreement ceiling.
+    settings = {"n_labelers": 5, "seed": 0, "labeler_noise": 0.5, "label_noise": 0.1}
+    assert json.loads((tmp_path / "comparisons.labelers.json").read_text()) == settings
+    assert label.read_settings(out) == {**settings, "source": str(tmp_path / "comparisons.labelers.json")}
     for first, second in zip(rows[:5], rows[5:]):
         assert first["labeler"] != second["labeler"]  # a round later, the next labeler ranks it
         assert first["responses"] != second["responses"]  # fresh samples
@@ -265,3 +279,36 @@ def test_training_labelers_are_never_the_held_out_panel(seed, tiny_sft, tmp_path
     cfg = LabelConfig(out=str(tmp_path / "c.jsonl"), model=str(tiny_sft), seed=seed)
     with pytest.raises(ValueError, match=rf"label --seed {seed}: .*held-out evaluation panel \(1000..1004\)"):
         label.run(cfg)
+
+
+def test_label_settings_of_a_file_label_did_not_write_are_the_named_defaults(tmp_path):
+    from rlhfkit.stages.label import read_settings
+
+    settings = read_settings(tmp_path / "mine.jsonl")
+    assert settings == {
+        "n_labelers": 5,
+        "seed": 0,
+        "labeler_noise": 0.5,
+        "label_noise": 0.1,
+        "source": f"LabelConfig defaults ({tmp_path / 'mine.labelers.json'} not found)",
+    }
+
+
+def test_best_answers_standing_in_for_demonstrations_keep_their_ended_flag(monkeypatch):
+    # A best-ranked answer that was cut off is scored as cut off (no EOS), as the reward model saw it.
+    scored = {}
+
+    def fake(model, tokenizer, prompts, responses, ended=None, max_len=256, batch_size=64):
+        scored.update(prompts=prompts, responses=responses, ended=ended)
+        return torch.tensor([1.0, 3.0])
+
+    monkeypatch.setattr(reward, "score_responses", fake)
+    items = [
+        Ranked("Hi?", ["cut off", "done"], [1, 2], ended=[False, True]),
+        Ranked("Bye?", ["first", "second"], [2, 1]),  # no "ended" field: every answer ended
+    ]
+    model = SimpleNamespace(config=SimpleNamespace(reward_bias=5.0))
+    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(max_len=32), items)
+    assert scored == {"prompts": ["Hi?", "Bye?"], "responses": ["cut off", "second"], "ended": [False, True]}
+    assert (bias, model.config.reward_bias) == (-2.0, 0.0)
+    assert scale == pytest.approx(2**0.5)

@@ -506,6 +506,13 @@ def _parse_pairwise(location: str, record: dict) -> Ranked:
 
 def _parse_prompt(location: str, record: dict) -> Prompt:
     meta = {key: value for key, value in record.items() if key != "prompt"}
+    if _has(record, "prompt") and _has(record, "messages"):
+        raise _error(
+            location,
+            "messages",
+            'is given together with "prompt", so it is unclear which the model should answer',
+            'Keep one: "prompt" (text, or a list of turns) or "messages" (the conversation to answer)',
+        )
     if _has(record, "prompt"):
         prompt, prompt_turns = _prompt(location, record)
         if prompt_turns is not None:

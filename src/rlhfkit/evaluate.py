@@ -32,26 +32,38 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float((rx * ry).sum().item() / denom) if denom > 0 else float("nan")
 
 
-def reward_model_vs_gold(model, tokenizer, items: list[Ranked], max_len: int) -> dict:
-    """Compare the reward model with the held-out gold panel on held-out comparisons (embedded world only)."""
+def reward_model_vs_gold(
+    model, tokenizer, items: list[Ranked], max_len: int, label_settings: dict | None = None
+) -> dict:
+    """Compare the reward model with the held-out gold panel on held-out comparisons (embedded world only).
+
+    `label_settings` are those of the labelers that wrote the comparisons (`label.read_settings`), for their
+    agreement ceiling; None means LabelConfig's defaults, and the report's "labelers" says which were used."""
+    from rlhfkit.stages.label import default_settings, simulated_labelers
     from rlhfkit.stages.reward import score_responses
-    from rlhfkit.world import DIMENSIONS, eval_panel, inter_labeler_agreement, labelers, parse_prompt, score
+    from rlhfkit.world import DIMENSIONS, eval_panel, inter_labeler_agreement, parse_prompt, score
     from rlhfkit.world.oracle import WEIGHTS
 
     items = [i for i in items if parse_prompt(i.prompt) is not None]
     if not items:
         return {}
-    prompts, responses, ended = [], [], []
+    label_settings = label_settings or default_settings()
+    contexts, prompts, responses, ended = [], [], [], []
     for item in items:
         for k, response in enumerate(item.responses):
-            prompts.append(item.prompt)
+            contexts.append(item.context)  # what the RM was trained on: system prompt and earlier turns too
+            prompts.append(item.prompt)  # what the oracle and the panel read
             responses.append(response)
             ended.append(item.ended[k] if item.ended else True)
-    rewards = score_responses(model, tokenizer, prompts, responses, ended, max_len=max_len).tolist()
+    rewards = score_responses(model, tokenizer, contexts, responses, ended, max_len=max_len).tolist()
     golds = [score(p, r, e) for p, r, e in zip(prompts, responses, ended)]
 
+    def orders_like(ia: int, ib: int, prefers_a: bool) -> bool:
+        """Does the RM strictly prefer the same response? An RM tie agrees with neither side."""
+        return rewards[ia] > rewards[ib] if prefers_a else rewards[ib] > rewards[ia]
+
     panel = eval_panel()
-    agree_panel = agree_data = n_pairs = 0
+    agree_panel = agree_data = n_pairs = n_labelled = 0
     by_dim: dict[str, list[int]] = {d: [0, 0] for d in DIMENSIONS}
     offset = 0
     for item in items:
@@ -64,25 +76,27 @@ def reward_model_vs_gold(model, tokenizer, items: list[Ranked], max_len: int) ->
                     continue
                 panel_prefers_a = verdict == 1.0
                 n_pairs += 1
-                agree_panel += (rewards[ia] > rewards[ib]) == panel_prefers_a
-                if item.ranks[a] != item.ranks[b]:
+                agree_panel += orders_like(ia, ib, panel_prefers_a)
+                if item.ranks[a] != item.ranks[b]:  # a pair the labels tie says nothing either way
+                    n_labelled += 1
                     agree_data += (item.ranks[a] < item.ranks[b]) == panel_prefers_a
                 # The dimension that separates the pair most: does the RM catch that kind of mistake?
                 gaps = {d: WEIGHTS[d] * (golds[ia].dims[d] - golds[ib].dims[d]) for d in DIMENSIONS}
                 dim = max(gaps, key=lambda d: abs(gaps[d]))
-                if abs(gaps[dim]) > 1e-6:
-                    gold_prefers_a = golds[ia].total > golds[ib].total
-                    by_dim[dim][0] += (rewards[ia] > rewards[ib]) == gold_prefers_a
+                if abs(gaps[dim]) > 1e-6 and golds[ia].total != golds[ib].total:  # gold ties have no answer
+                    by_dim[dim][0] += orders_like(ia, ib, golds[ia].total > golds[ib].total)
                     by_dim[dim][1] += 1
         offset += K
     labeler_items = [(i.prompt, i.responses, i.ended or [True] * len(i.responses)) for i in items]
     return {
         "panel_agreement": agree_panel / max(n_pairs, 1),
-        "labels_vs_panel_agreement": agree_data / max(n_pairs, 1),
-        "inter_labeler_agreement": inter_labeler_agreement(labelers(), labeler_items),
+        "labels_vs_panel_agreement": agree_data / max(n_labelled, 1),
+        "inter_labeler_agreement": inter_labeler_agreement(simulated_labelers(label_settings), labeler_items),
+        "labelers": label_settings,
         "spearman_reward_vs_gold": spearman(rewards, [g.total for g in golds]),
         "accuracy_by_dimension": {d: {"accuracy": c / n, "pairs": n} for d, (c, n) in by_dim.items() if n},
         "n_panel_pairs": n_pairs,
+        "n_labelled_panel_pairs": n_labelled,
     }
 
 
@@ -421,11 +435,11 @@ def length_and_eos(answers: list[tuple[str, bool]]) -> dict[str, float]:
 
 
 def gold_scores(prompts: list[str], answers: list[tuple[str, bool]]):
-    """Gold scores where the oracle knows the prompt (embedded world), else []."""
+    """Gold scores where the oracle knows every prompt (embedded world), else []."""
     from rlhfkit.world import parse_prompt, score
 
-    if any(parse_prompt(p) is None for p in prompts[:1]):
-        return []  # a user's prompts (or conversations): the oracle knows only the world's
+    if any(parse_prompt(p) is None for p in prompts):
+        return []  # a user's prompts (or conversations), even some: the oracle knows only the world's
     return [score(p, a, e) for p, (a, e) in zip(prompts, answers)]
 
 

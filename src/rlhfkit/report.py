@@ -98,6 +98,8 @@ def _chinese_font() -> None:
 
 
 def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
+    """winrate.png of every model in `report`; curves.png of the runs {name: dir} that have training metrics
+    (best-of-n has no run: an empty dir is skipped, never read as the current directory)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,6 +129,7 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     plt.close(fig)
 
     # Training curves of every step: loss, RM accuracy, reward, KL.
+    runs = {name: path for name, path in runs.items() if path}
     panels = [
         ("loss", "LM loss (pretrain / SFT)"),
         ("val_accuracy", "reward model val accuracy"),

@@ -8,7 +8,8 @@ No reward model and no sampling: the policy is its own implicit reward model, r(
 Every pair (w, l) of a K-wise ranking is a term (ties give none), and — as the reward model does with
 InstructGPT's loss — a ranking is ONE batch element: its K responses get one forward each and all C(K,2) pairs
 are taken from those K log-probs, weighted 1/C(K,2) (K=8: 8 forwards instead of 56). Pairwise files are the K=2
-case. The reference log-probs never change, so they are computed once before training and cached. `loss_type` also offers
+case. The reference log-probs never change, so they are computed once before training and cached — on the
+training device, under the policy's autocast, so the log-ratios start at exactly 0. `loss_type` also offers
 IPO (Azar et al. 2023) and robust DPO (Chowdhury et al. 2024); `label_smoothing` is the assumed label-noise rate.
 """
 
@@ -55,15 +56,17 @@ def run(cfg: DPOConfig):
     check_vocab(policy, tokenizer, f"dpo --policy {cfg.policy}")
     policy.eval()  # no dropout: the same network as the cached reference computation
     rankings = encode_rankings(cfg, tokenizer)
+    accelerator = make_accelerator(cfg.mixed_precision)
     ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval()
     check_vocab(ref_policy, tokenizer, f"dpo --ref-policy {cfg.ref_policy or cfg.policy}")
     n_responses = sum(len(r.rows) for r in rankings)
     with console.status(f"[dpo] caching reference log-probs of {n_responses} responses"):
-        ref_logps = cached_logprobs(ref_policy, rankings, tokenizer.pad_token_id)  # one (K,) per ranking
+        ref_logps = cached_logprobs(
+            ref_policy, rankings, tokenizer.pad_token_id, accelerator
+        )  # one (K,) each
     del ref_policy
 
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(rankings) / cfg.batch_size)
-    accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
@@ -196,12 +199,15 @@ def response_logprobs(policy, batch: list[EncodedRanking], pad_id: int, device) 
 
 @torch.no_grad()
 def cached_logprobs(
-    model, rankings: list[EncodedRanking], pad_id: int, batch_size: int = 8
+    model, rankings: list[EncodedRanking], pad_id: int, accelerator, batch_size: int = 8
 ) -> list[torch.Tensor]:
-    device = next(model.parameters()).device
+    """log π_ref(y|x) of every response, one (K,) per ranking, kept on the CPU. Computed on the device and
+    under the autocast the policy's forward uses, so at step 0 (policy = reference) every log-ratio is 0."""
+    model.to(accelerator.device)
     out = []
     for i in range(0, len(rankings), batch_size):
         chunk = rankings[i : i + batch_size]
-        flat = response_logprobs(model, chunk, pad_id, device).float().cpu()
-        out.extend(flat.split([len(r.rows) for r in chunk]))
+        with accelerator.autocast():
+            flat = response_logprobs(model, chunk, pad_id, accelerator.device)
+        out.extend(flat.float().cpu().split([len(r.rows) for r in chunk]))
     return out

@@ -4,10 +4,14 @@ For each RM prompt (disjoint from the SFT prompts) the SFT model samples K answe
 to worst. Here the labelers are simulated by the embedded world (the gold scorer with per-labeler weight
 perturbation, judgement noise, and a `label_noise` rate of swapped neighbours), so the data is only as good as
 real labelers would be: the reward model never sees the gold score, only noisy rankings.
+
+The labelers' settings go next to the comparisons (`comparisons.labelers.json`), so the reward model's evaluation
+can measure the agreement ceiling of the very labelers its data came from.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,7 +27,6 @@ from rlhfkit.training import console, seed_everything
 def run(cfg: LabelConfig) -> Path:
     if cfg.k < 2:
         raise ValueError(f"label --k {cfg.k}: a ranking needs at least 2 responses")
-    from rlhfkit.world import labelers as make_labelers
     from rlhfkit.world.oracle import PANEL_SEEDS
 
     shared = sorted(set(range(cfg.seed, cfg.seed + cfg.n_labelers)) & set(PANEL_SEEDS))
@@ -52,9 +55,8 @@ def run(cfg: LabelConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model).eval()
     check_vocab(model, tokenizer, f"label --model {cfg.model}")
-    labelers = make_labelers(
-        cfg.n_labelers, seed=cfg.seed, noise=cfg.labeler_noise, flip_rate=cfg.label_noise
-    )
+    settings = {name: getattr(cfg, name) for name in LABELER_SETTINGS}
+    labelers = simulated_labelers(settings)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     rows, identical = [], 0
@@ -94,6 +96,7 @@ def run(cfg: LabelConfig) -> Path:
                     }
                 )
     n = write_jsonl(cfg.out, rows)
+    settings_path(cfg.out).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     console.print(
         f"[label] wrote {n} rankings of K={cfg.k} ({cfg.rounds} per prompt) to {cfg.out}"
         + (
@@ -106,12 +109,52 @@ def run(cfg: LabelConfig) -> Path:
 
 
 def ranks_with_ties(ranking: list[int], responses: list[str], ended: list[bool]) -> dict:
-    """A labeler cannot prefer one of two identical answers: copies share the rank of the best-placed copy.
+    """A labeler cannot prefer one of two identical answers: copies share the rank of the best-placed copy, and
+    ranks stay consecutive ([1, 2, 1], not [1, 3, 1]) so a rank difference counts the distinct answers between.
 
     Returns {"ranking": [...]} when all answers differ, else {"ranks": [...]} (ties give no pair).
     """
-    best_copy: dict[tuple[str, bool], int] = {}
-    for place, index in enumerate(ranking):
-        best_copy.setdefault((responses[index], ended[index]), place + 1)
-    ranks = [best_copy[(r, e)] for r, e in zip(responses, ended)]
+    dense: dict[tuple[str, bool], int] = {}
+    for index in ranking:
+        dense.setdefault((responses[index], ended[index]), len(dense) + 1)
+    ranks = [dense[(r, e)] for r, e in zip(responses, ended)]
     return {"ranking": ranking} if len(set(ranks)) == len(ranks) else {"ranks": ranks}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The labelers' settings, recorded next to the comparisons they wrote
+
+LABELER_SETTINGS = ("n_labelers", "seed", "labeler_noise", "label_noise")  # LabelConfig fields that make them
+
+
+def simulated_labelers(settings: dict) -> list:
+    """The world's labelers for the settings {n_labelers, seed, labeler_noise, label_noise}."""
+    from rlhfkit.world import labelers
+
+    return labelers(
+        settings["n_labelers"],
+        seed=settings["seed"],
+        noise=settings["labeler_noise"],
+        flip_rate=settings["label_noise"],
+    )
+
+
+def settings_path(comparisons: str | Path) -> Path:
+    """comparisons.jsonl -> comparisons.labelers.json"""
+    return Path(comparisons).with_suffix(".labelers.json")
+
+
+def default_settings(why: str = "") -> dict:
+    """LabelConfig's defaults, with "source" saying that they are a fallback (and why)."""
+    defaults = LabelConfig()
+    source = "LabelConfig defaults" + (f" ({why})" if why else "")
+    return {**{name: getattr(defaults, name) for name in LABELER_SETTINGS}, "source": source}
+
+
+def read_settings(comparisons: str | Path) -> dict:
+    """The settings of the labelers that wrote `comparisons`, with "source" naming the file they came from;
+    LabelConfig's defaults for a file `label` did not write (a user's rankings, or an older run)."""
+    path = settings_path(comparisons)
+    if not path.is_file():
+        return default_settings(f"{path} not found")
+    return {**json.loads(path.read_text(encoding="utf-8")), "source": str(path)}

@@ -3,7 +3,9 @@
 Objective (InstructGPT eq. 1; the seed's loss): for each prompt with K ranked responses, all C(K,2) pairs
 (w better than l; ties give none) form ONE batch element,
 
-    loss = −1/C(K,2) · Σ_(w,l) log σ(r(x, y_w) − r(x, y_l)),   averaged over prompts  (`losses.ranking_loss`).
+    loss = −1/N · Σ_(w,l) log σ(r(x, y_w) − r(x, y_l)),   averaged over prompts  (`losses.ranking_loss`),
+
+where N is the number of pairs the ranking forms: C(K,2) as in the paper when nothing ties, fewer with ties.
 
 Putting a prompt's pairs in one element means each response gets one forward pass per step instead of K−1, and
 the model does not over-fit to responses it sees K−1 times an epoch — InstructGPT's stated reason.
@@ -161,10 +163,14 @@ def run(cfg: RewardConfig):
 # Data
 
 
+def comparisons_path(cfg: RewardConfig) -> str:
+    """The comparisons file: --data, or with 'world' the one `label` writes into the run's directory."""
+    return str(Path(cfg.out) / "comparisons.jsonl") if cfg.data == "world" else cfg.data
+
+
 def load_comparisons(cfg: RewardConfig) -> list[Ranked]:
-    path = cfg.data
+    path = comparisons_path(cfg)
     if cfg.data == "world":
-        path = str(Path(cfg.out) / "comparisons.jsonl")
         if not (cfg.resume and Path(path).exists()):
             from rlhfkit.stages import label
 
@@ -304,18 +310,22 @@ def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig, items: list[Ra
             "[reward] these comparisons are not the embedded world's: the reward is centred on their best-ranked "
             "answers (--demonstrations FILE centres it on your SFT data, --demonstrations '' not at all)"
         )
-        pairs = [(item.context, item.responses[item.ranks.index(min(item.ranks))]) for item in items]
+        best = [item.ranks.index(min(item.ranks)) for item in items]
+        # (prompt, answer, ended): a best answer that was cut off is scored without the EOS it never had
+        demos = [
+            (item.context, item.responses[k], item.ended[k] if item.ended else True)
+            for item, k in zip(items, best)
+        ]
     elif cfg.demonstrations == "world":
-        pairs = [(d["prompt"], d["completion"]) for d in demonstrations()]
+        demos = [(d["prompt"], d["completion"], True) for d in demonstrations()]
     else:
         from rlhfkit.data import load_sft
 
         rows = load_sft(cfg.demonstrations)
-        pairs = [(row.messages[:-1] if row.messages else row.prompt, row.completion) for row in rows]
+        demos = [(row.messages[:-1] if row.messages else row.prompt, row.completion, True) for row in rows]
     model.config.reward_bias = 0.0
-    scores = score_responses(
-        model, tokenizer, [p for p, _ in pairs], [c for _, c in pairs], max_len=cfg.max_len
-    )
+    prompts, completions, ended = (list(column) for column in zip(*demos))
+    scores = score_responses(model, tokenizer, prompts, completions, ended, max_len=cfg.max_len)
     return -float(scores.mean()), float(scores.std()) if len(scores) > 1 else 1.0
 
 
@@ -341,8 +351,11 @@ def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardC
         "reward_std": float(model.config.reward_std),
     }
     from rlhfkit.evaluate import reward_model_vs_gold
+    from rlhfkit.stages.label import read_settings
 
-    report.update(reward_model_vs_gold(model, tokenizer, val_items, cfg.max_len))
+    report.update(
+        reward_model_vs_gold(model, tokenizer, val_items, cfg.max_len, read_settings(comparisons_path(cfg)))
+    )
     meta = read_meta(cfg.model)
     report["initialised_from"] = {"path": cfg.model, "stage": meta.get("stage")}
     return report
