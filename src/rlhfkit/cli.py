@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_for_generation(args: GenerateArgs):
-    from rlhfkit.modeling import check_vocab, is_chat_model, load_causal_lm
+    from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm
     from rlhfkit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model).eval()
+    model = for_inference(load_causal_lm(args.model))
     check_vocab(model, tokenizer, args.model)
     chat = is_chat_model(args.model) if args.chat is None else args.chat
     return model, tokenizer, chat
@@ -153,11 +153,13 @@ def _generate(args: GenerateArgs) -> None:
     repeated = [p for p in prompts for _ in range(args.num_samples)]
     if args.best_of_n > 1:
         from rlhfkit.evaluate import best_of_n
-        from rlhfkit.modeling import check_vocab, load_reward_model
+        from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
 
         if not args.reward_model:
             raise ValueError("generate --best-of-n needs --reward-model DIR")
-        reward_model = load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True).eval()
+        reward_model = for_inference(
+            load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True)
+        )
         check_vocab(reward_model, tokenizer, f"generate --reward-model {args.reward_model}")
         answers = best_of_n(
             model,
@@ -180,14 +182,14 @@ def _generate(args: GenerateArgs) -> None:
 
 
 def _score(args: C.ScoreArgs) -> None:
-    from rlhfkit.modeling import check_vocab, load_reward_model
+    from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
     from rlhfkit.stages.reward import score_responses
     from rlhfkit.tokenizer import load_tokenizer
 
     if not args.prompt or not args.response:
         raise ValueError("give --prompt TEXT and --response TEXT [TEXT ...]")
     tokenizer = load_tokenizer(args.reward_model)
-    model = load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True).eval()
+    model = for_inference(load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True))
     check_vocab(model, tokenizer, args.reward_model)
     rewards = score_responses(model, tokenizer, [args.prompt] * len(args.response), args.response)
     for response, reward in zip(args.response, rewards.tolist()):

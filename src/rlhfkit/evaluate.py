@@ -122,7 +122,7 @@ def kl_to_reference(model, ref_model, tokenizer, prompts: list[str], max_new_tok
     """KL(π ‖ π_ref) per answer: mean over samples y ~ π (T = 1) of Σ_t log π(y_t) − log π_ref(y_t)."""
     from rlhfkit.rollout import encode_prompts, response_logprobs, sample
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     total, n = 0.0, 0
     for i in range(0, len(prompts), 64):
         batch = sample(
@@ -151,9 +151,12 @@ def perplexity(model, tokenizer, texts: list[str], block: int = 128, batch_size:
     from rlhfkit.stages.pretrain import pack
 
     blocks = pack(texts, tokenizer, block)
+    device = next(model.parameters()).device
     total, n = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        batch = collate(blocks[i : i + batch_size], tokenizer.pad_token_id)
+        batch = {
+            k: v.to(device) for k, v in collate(blocks[i : i + batch_size], tokenizer.pad_token_id).items()
+        }
         loss = lm_loss(
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(),
             batch["labels"],
@@ -219,7 +222,7 @@ def run(cfg):
     import time
     from pathlib import Path
 
-    from rlhfkit.modeling import check_vocab, is_chat_model, load_causal_lm
+    from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm
     from rlhfkit.rollout import generate_answers
     from rlhfkit.tokenizer import load_tokenizer
     from rlhfkit.training import console
@@ -235,7 +238,7 @@ def run(cfg):
     group = [i for i in range(len(prompts)) for _ in range(n)]
     seed_prompts = seed_prompt_list(cfg)
     tokenizer = load_tokenizer(models[cfg.reference])
-    kl_ref = load_causal_lm(cfg.kl_reference or models[cfg.reference]).eval()
+    kl_ref = for_inference(load_causal_lm(cfg.kl_reference or models[cfg.reference]))
     check_vocab(kl_ref, tokenizer, f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}")
     heldout = heldout_texts(cfg.heldout_text)
     if heldout and cfg.heldout_text == "world" and cfg.prompts != "world":
@@ -248,7 +251,7 @@ def run(cfg):
     for name, path in models.items():
         start = time.time()
         with console.status(f"[eval] {name}: sampling {len(repeated)} answers"):
-            model = load_causal_lm(path).eval()
+            model = for_inference(load_causal_lm(path))
             check_vocab(model, tokenizer, f"eval --models {name}={path} (with {cfg.reference}'s tokenizer)")
             chat = is_chat_model(path)
             answer = functools.partial(
@@ -277,13 +280,13 @@ def run(cfg):
 
     if cfg.best_of_n:
         from rlhfkit.losses import best_of_n_kl
-        from rlhfkit.modeling import load_reward_model
+        from rlhfkit.modeling import for_inference, load_reward_model
 
         if not cfg.reward_model:
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
-        rm = load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True).eval()
+        rm = for_inference(load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True))
         check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}")
-        base = load_causal_lm(models[cfg.reference]).eval()
+        base = for_inference(load_causal_lm(models[cfg.reference]))
         start, ns = time.time(), sorted(set(cfg.best_of_n))
         with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):
             pick = functools.partial(
@@ -377,7 +380,7 @@ def load_eval_prompts(cfg):
     if cfg.judge is None:
         raise ValueError("eval: prompts outside the embedded world need --judge REWARD_MODEL_DIR")
     from rlhfkit.data import load_prompts
-    from rlhfkit.modeling import check_vocab, load_reward_model
+    from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
     from rlhfkit.stages.reward import score_responses
     from rlhfkit.tokenizer import load_tokenizer
 
@@ -392,7 +395,7 @@ def load_eval_prompts(cfg):
     else:
         prompts, families = [r.context for r in rows], [str(r.meta.get("family", "all")) for r in rows]
     judge_tokenizer = load_tokenizer(cfg.judge)
-    judge_model = load_reward_model(cfg.judge, judge_tokenizer.pad_token_id, trained=True).eval()
+    judge_model = for_inference(load_reward_model(cfg.judge, judge_tokenizer.pad_token_id, trained=True))
     check_vocab(judge_model, judge_tokenizer, f"eval --judge {cfg.judge}")
 
     def judge(prompt, a, b):

@@ -109,6 +109,12 @@ def load_reward_model(
     )
 
 
+def for_inference(model: PreTrainedModel) -> PreTrainedModel:
+    """A loaded model ready to sample or score outside a trainer (label, eval, generate, score): eval mode, on the
+    GPU when there is one (trainers place their models through accelerate instead)."""
+    return model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
     """A tokenizer/model mismatch would index past the embedding table deep inside torch: say so up front."""
     n_embed = model.get_input_embeddings().num_embeddings

@@ -18,7 +18,7 @@ import torch
 
 from rlhfkit.config import LabelConfig
 from rlhfkit.data import prompt_texts, write_jsonl
-from rlhfkit.modeling import check_vocab, load_causal_lm
+from rlhfkit.modeling import check_vocab, for_inference, load_causal_lm
 from rlhfkit.rollout import decode_responses, encode_prompts, sample
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import console, seed_everything
@@ -53,12 +53,12 @@ def run(cfg: LabelConfig) -> Path:
             )
     prompts = [p for _ in range(cfg.rounds) for p in base]
     tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model).eval()
+    model = for_inference(load_causal_lm(cfg.model))
     check_vocab(model, tokenizer, f"label --model {cfg.model}")
     settings = {name: getattr(cfg, name) for name in LABELER_SETTINGS}
     labelers = simulated_labelers(settings)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     rows, identical = [], 0
     with console.status(f"[label] sampling {cfg.k} answers for {len(prompts)} prompts and ranking them"):
         per_batch = max(1, 128 // cfg.k)
