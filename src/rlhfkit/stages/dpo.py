@@ -34,6 +34,7 @@ from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    clip_gradients,
     console,
     cosine_schedule,
     load_checkpoint,
@@ -100,7 +101,7 @@ def run(cfg: DPOConfig):
                 )
             check_finite(step + 1, loss=loss.item())
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            grad_norm = clip_gradients(accelerator, policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

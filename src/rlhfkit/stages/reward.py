@@ -44,6 +44,7 @@ from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    clip_gradients,
     console,
     cosine_schedule,
     load_checkpoint,
@@ -106,7 +107,7 @@ def run(cfg: RewardConfig):
                 step_loss += loss.item() / cfg.grad_accum
                 step_acc += ranking_accuracy(rewards.detach(), ranks, mask).item() / cfg.grad_accum
             check_finite(step + 1, loss=step_loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
