@@ -69,6 +69,12 @@ def make_accelerator(
     AcceleratorState._reset_state(True)  # the pipeline runs several stages in one process
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    if not cpu:
+        # cuDNN's attention kernel gave non-finite gradients in bf16 (torch 2.11, H200: the default pipeline's PPO
+        # stopped with NaN at its 30th step; the finite forward hid it) where the left-padded rows attend to nothing;
+        # SDPA's memory-efficient and flash kernels, and eager attention, trained through. Measured in
+        # benchmarks/gpu_check.sh's runs, 2026-11-26.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if mixed_precision == "auto":
         if cpu:
             mixed_precision = "bf16" if cpu_bf16_is_fast() else "no"
