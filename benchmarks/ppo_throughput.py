@@ -50,6 +50,7 @@ console = Console(width=150)
 SIZES = {  # (hidden, layers, heads, intermediate)
     "default": (128, 4, 4, 352),
     "4x": (256, 4, 4, 704),
+    "100m": (768, 12, 12, 2048),  # ~87M parameters: for a GPU (--parts training --no-peers --precision bf16)
 }
 
 
@@ -326,7 +327,7 @@ def run_rlhfkit(algo: str, model: dict, prompts: Path, s: Settings, iterations: 
             cliprange_value=s.cliprange,
             lr=s.lr,
             missing_eos_penalty=s.missing_eos_penalty,
-            mixed_precision="no",
+            mixed_precision="bf16" if s.precision == "bf16" else "no",
             seed=s.seed,
             log_every=1,
             save_every=0,
@@ -588,7 +589,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per training run")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up iterations before them (not counted)")
     parser.add_argument("--no-peers", action="store_true", help="skip TRL (no venvs, no subprocesses)")
-    parser.add_argument("--sizes", default="default,4x", help="comma-separated: default, 4x")
+    parser.add_argument("--sizes", default="default,4x", help="comma-separated: default, 4x, 100m")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="rlhfkit's training precision (bf16 autocast)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per sampling measurement")
     parser.add_argument("--parts", default="sampling,training", help="comma-separated: sampling, training")
     parser.add_argument(
@@ -608,7 +615,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [x for x in args.sizes.split(",") if x]
     parts = {x for x in args.parts.split(",") if x}
-    s = Settings()
+    s = Settings(precision=args.precision, device="cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     WORK.mkdir(exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the same for the peers (inherited)
