@@ -14,8 +14,9 @@ One iteration:
   6. β update  — fixed, or adaptive towards target_kl (Ziegler et al. 2019).
 
 Implementation details, each switchable in PPOConfig (names follow TRL):
-  value model initialised from the reward model (InstructGPT) · RM scores divided by the RM's reward std
-  (`scale_rewards`) · optional reward whitening · advantage whitening · clipped value loss · gradient clipping ·
+  value model initialised from the reward model, in the rewards' units (InstructGPT) · RM scores divided by the
+  RM's reward std (`scale_rewards`) · optional reward whitening · advantage whitening · clipped value loss ·
+  gradient clipping ·
   KL estimator k1/k3 · fixed/adaptive KL · EMA of policy weights (0.992, InstructGPT) saved as the final model ·
   dropout off (the models stay in eval mode) · log-probs at the sampling temperature · separate value model or a
   value head on the policy trunk (`shared_trunk`) · LoRA policy whose reference is the same weights with the
