@@ -274,6 +274,12 @@ BAD_ROWS = [
     (load_prompts, {"prompt": ""}, "prompt", "is empty"),
     (load_prompts, {"prompt": "q", "messages": [user("q2")]}, "messages", 'given together with "prompt"'),
     (load_prompts, {"prompt": "q", "messages": [assistant("x")]}, "messages", 'Keep one: "prompt"'),
+    (
+        load_sft,
+        {"messages": [user("q"), assistant("a")], "prompt": "q2", "completion": "b"},
+        "messages",
+        'given together with "prompt"/"completion"',
+    ),
     (load_prompts, {"prompt": None, "family": "x"}, "prompt", None),
 ]
 

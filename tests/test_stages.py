@@ -353,3 +353,29 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: True)
     assert training.make_accelerator("auto", cpu=True).mixed_precision == "bf16"
     assert training.make_accelerator("no", cpu=True).mixed_precision == "no"
+
+
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_a_clear_error(tmp_path):
+    """A checkpoint written with other parameter groups (another version, other trainable parameters) cannot be
+    resumed: say which directory to delete, not torch's state-dict error."""
+    from rlhfkit.training import (
+        TrainingError,
+        load_checkpoint,
+        make_accelerator,
+        parameter_groups,
+        save_checkpoint,
+    )
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    accelerator = make_accelerator("no")
+    one_group = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    accelerator.prepare(model, one_group)
+    save_checkpoint(accelerator, tmp_path, 1)
+
+    accelerator = make_accelerator("no")
+    two_groups = torch.optim.AdamW(parameter_groups(model, 1e-3, 0.01))  # matrices decayed, the rest not
+    accelerator.prepare(model, two_groups)
+    with pytest.raises(
+        TrainingError, match=r"checkpoint: its optimizer state does not fit .* Delete .*checkpoint"
+    ):
+        load_checkpoint(accelerator, tmp_path)

@@ -325,6 +325,13 @@ def _parse_pretrain(location: str, record: dict) -> str:
 
 
 def _parse_sft(location: str, record: dict) -> PromptCompletion:
+    if _has(record, "messages") and (_has(record, "prompt") or _has(record, "completion")):
+        raise _error(
+            location,
+            "messages",
+            'is given together with "prompt"/"completion", so it is unclear which conversation to learn',
+            'Keep one: "messages" (the whole conversation) or "prompt" + "completion"',
+        )
     if _has(record, "messages"):
         turns = _messages(location, "messages", record["messages"])
         prompt = _last_user(location, "messages", turns)

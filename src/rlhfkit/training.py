@@ -182,7 +182,15 @@ def load_checkpoint(accelerator: Accelerator, out_dir: str | Path, scheduler=Non
         return None
     scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds the torch scheduler
     configured = list(scheduler.base_lrs) if scheduler is not None else None
-    accelerator.load_state(str(ckpt))
+    try:
+        accelerator.load_state(str(ckpt))
+    except ValueError as err:  # torch: "loaded state dict has a different number of parameter groups", ...
+        if "parameter group" not in str(err):
+            raise
+        raise TrainingError(
+            f"{ckpt}: its optimizer state does not fit this run's optimizer ({err}); it was written by another "
+            f"rlhfkit version or with other trainable parameters. Delete {ckpt} to train this stage from its start"
+        ) from None
     if scheduler is not None and list(scheduler.base_lrs) != configured:
         console.print(f"[resume] peak learning rate {scheduler.base_lrs} → {configured}, as configured now")
         scheduler.base_lrs = configured
