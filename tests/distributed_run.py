@@ -17,7 +17,7 @@ import torch.distributed as dist
 from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhfkit.modeling import load_causal_lm, load_reward_model
 from rlhfkit.stages import dpo, ppo, reward, sft
-from rlhfkit.training import cosine_schedule
+from rlhfkit.training import TrainingError, check_finite, cosine_schedule, make_accelerator
 
 
 def parameter_sum(model) -> float:
@@ -48,6 +48,16 @@ def scheduled_lr(lr: float, warmup: int, total: int, steps: int) -> float:
 def last_lr(stage_dir: str) -> float:
     with open(f"{stage_dir}/metrics.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f][-1]["lr"]
+
+
+def stops_everywhere() -> bool:
+    """A NaN loss on rank 1 only: does this process stop too (rather than wait for rank 1 in the next all-reduce)?"""
+    accelerator = make_accelerator("no")
+    try:
+        check_finite(1, accelerator, loss=float("nan") if dist.get_rank() == 1 else 0.5)
+    except TrainingError:
+        return True
+    return False
 
 
 def main() -> None:
@@ -119,6 +129,7 @@ def main() -> None:
         ],
     }
     result["kl_coef"] = {"start": ppo_config.kl_coef, "end": every_rank(controllers[0].value)}
+    result["nan_on_one_process_stops_all"] = every_rank(stops_everywhere())
     result["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
         print(json.dumps(result))

@@ -140,12 +140,21 @@ def clip_gradients(accelerator: Accelerator, params, max_norm: float) -> torch.T
     return accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
 
 
-def check_finite(step: int, **values: float) -> None:
-    """Stop with a message naming the step and the quantity instead of training on NaN."""
+def check_finite(step: int, accelerator: Accelerator | None = None, **values: float) -> None:
+    """Stop with a message naming the step and the quantity instead of training on NaN.
+
+    Given the `accelerator` of a run in several processes, every process stops when any one sees a non-finite
+    value (one process stopping alone would leave the others waiting for it in the next gradient all-reduce)."""
+    bad = {name: not math.isfinite(value) for name, value in values.items()}
+    if accelerator is not None and accelerator.num_processes > 1:
+        flags = torch.tensor([float(b) for b in bad.values()], device=accelerator.device)
+        anywhere = accelerator.reduce(flags, "sum").tolist()
+        bad = {name: flag > 0 for name, flag in zip(bad, anywhere)}
     for name, value in values.items():
-        if not math.isfinite(value):
+        if bad[name]:
+            shown = value if not math.isfinite(value) else "non-finite in another process"
             raise TrainingError(
-                f"step {step}: {name} = {value}; stopping. Checkpoints already written (--save-every) are kept — "
+                f"step {step}: {name} = {shown}; stopping. Checkpoints already written (--save-every) are kept — "
                 "lower the learning rate or check the data, then run again with --resume (it takes the new --lr)"
             )
 

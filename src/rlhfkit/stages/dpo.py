@@ -99,7 +99,7 @@ def run(cfg: DPOConfig):
                     cfg.label_smoothing,
                     weights,
                 )
-            check_finite(step + 1, loss=loss.item())
+            check_finite(step + 1, accelerator, loss=loss.item())
             accelerator.backward(loss)
             grad_norm = clip_gradients(accelerator, policy.parameters(), cfg.max_grad_norm)
             optimizer.step()

@@ -76,7 +76,7 @@ def train_lm(
                     accelerator.backward(loss / cfg.grad_accum)
                 total_loss += loss.item() / cfg.grad_accum
                 n_tokens += int((batch["labels"] != -100).sum())
-            check_finite(step + 1, loss=total_loss)
+            check_finite(step + 1, accelerator, loss=total_loss)
             grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()

@@ -216,7 +216,7 @@ def run(cfg: PPOConfig, reward_fn=None):
             kl = torch.where(
                 mask.bool(), kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), 0.0
             )  # (B, R)
-            check_finite(it + 1, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
+            check_finite(it + 1, accelerator, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
             last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
             rewards = -kl_ctl.value * kl
             rewards[torch.arange(len(last)), last] += scores
@@ -275,7 +275,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                             )
                             loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
                             record(stats, ptx_loss=ptx_loss)
-                    check_finite(it + 1, loss=loss.item())
+                    check_finite(it + 1, accelerator, loss=loss.item())
                     accelerator.backward(loss)
                     clip_gradients(accelerator, optimizer_params(optimizer), cfg.max_grad_norm)
                     optimizer.step()

@@ -106,7 +106,7 @@ def run(cfg: RewardConfig):
                     accelerator.backward(loss / cfg.grad_accum)
                 step_loss += loss.item() / cfg.grad_accum
                 step_acc += ranking_accuracy(rewards.detach(), ranks, mask).item() / cfg.grad_accum
-            check_finite(step + 1, loss=step_loss)
+            check_finite(step + 1, accelerator, loss=step_loss)
             grad_norm = clip_gradients(accelerator, model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
