@@ -24,14 +24,14 @@ from torch import Tensor
 # masked statistics
 
 
-def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+def zero_masked(x: Tensor, mask: Tensor) -> Tensor:
     """x with masked entries set to 0 (torch.where, so NaN/inf padding and its gradient are dropped)."""
     return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Mean of ``x`` over entries where ``mask`` is 1 (over ``dim``, or all entries). An empty mask gives 0."""
-    total = _zero_masked(x, mask).sum() if dim is None else _zero_masked(x, mask).sum(dim)
+    total = zero_masked(x, mask).sum() if dim is None else zero_masked(x, mask).sum(dim)
     count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
     return total / count.clamp(min=1e-8)
 
@@ -57,7 +57,7 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
-    return _zero_masked(whitened, mask)
+    return zero_masked(whitened, mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
 def sequence_logprob(token_logprobs: Tensor, mask: Tensor) -> Tensor:
     """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the masked (response) tokens, shape (B,). Used by DPO."""
-    return _zero_masked(token_logprobs, mask).sum(-1)  # (B,)
+    return zero_masked(token_logprobs, mask).sum(-1)  # (B,)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -145,13 +145,13 @@ def ranking_loss(
     Eisenstein et al. 2023; note TRL's pairwise version penalises mean((r_c + r_r)²) instead of mean(r²).
     """
     mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()  # (P, K)
-    rewards = _zero_masked(rewards, mask)  # (P, K)
+    rewards = zero_masked(rewards, mask)  # (P, K)
     pairs = _better_pairs(ranks, mask)  # (P, K, K)
     gap = rewards[:, :, None] - rewards[:, None, :]  # (P, K, K) r_w − r_l
     if margin is not None:
-        gap = gap - _zero_masked(margin, pairs)
+        gap = gap - zero_masked(margin, pairs)
     n_pairs = pairs.sum(dim=(1, 2))  # (P,)
-    loss_per_prompt = -_zero_masked(F.logsigmoid(gap), pairs).sum(dim=(1, 2)) / n_pairs.clamp(min=1)  # (P,)
+    loss_per_prompt = -zero_masked(F.logsigmoid(gap), pairs).sum(dim=(1, 2)) / n_pairs.clamp(min=1)  # (P,)
     loss = masked_mean(loss_per_prompt, n_pairs > 0)
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * masked_mean(rewards**2, mask)
@@ -202,7 +202,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     Call under ``torch.no_grad()`` with detached rewards and values.
     """
     mask = mask.to(values.dtype)  # (B, T)
-    rewards, values = _zero_masked(rewards, mask), _zero_masked(values, mask)  # (B, T)
+    rewards, values = zero_masked(rewards, mask), zero_masked(values, mask)  # (B, T)
     lastgaelam = torch.zeros_like(values[:, 0])  # (B,)
     advantages_reversed = []
     for t in reversed(range(values.shape[1])):
@@ -225,8 +225,8 @@ def ppo_policy_loss(
     ``approx_kl`` = mean((ratio − 1) − logratio) (k3 estimator of KL(π_old ‖ π)), ``ratio_mean``.
     All inputs are (B, T); ``logprobs`` carries the gradient.
     """
-    logratio = _zero_masked(logprobs - old_logprobs, mask)  # (B, T)
-    advantages = _zero_masked(advantages, mask)  # (B, T)
+    logratio = zero_masked(logprobs - old_logprobs, mask)  # (B, T)
+    advantages = zero_masked(advantages, mask)  # (B, T)
     ratio = torch.exp(logratio)  # (B, T)
     pg_losses = -advantages * ratio  # (B, T)
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)  # (B, T)
@@ -249,7 +249,7 @@ def ppo_value_loss(
         v_loss = ½ masked_mean(max((V − returns)², (v_clipped − returns)²))
     Stats (detached): ``vf_clipfrac`` = fraction of tokens where the clipped error is the larger one.
     """
-    values, old_values, returns = (_zero_masked(x, mask) for x in (values, old_values, returns))  # (B, T)
+    values, old_values, returns = (zero_masked(x, mask) for x in (values, old_values, returns))  # (B, T)
     v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)  # (B, T)
     vf_losses1 = (values - returns) ** 2  # (B, T)
     vf_losses2 = (v_clipped - returns) ** 2  # (B, T)

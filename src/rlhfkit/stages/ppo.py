@@ -49,6 +49,7 @@ from rlhfkit.losses import (
     ppo_value_loss,
     rloo_advantages,
     whiten,
+    zero_masked,
 )
 from rlhfkit.modeling import (
     TokenScores,
@@ -213,9 +214,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                 scores = score_episodes(reward_model, reward_fn, batch, batch_prompts, texts, cfg)  # (B,)
 
             # 3. rewards: −β·KL per token, the RM score at the last token
-            kl = torch.where(
-                mask.bool(), kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), 0.0
-            )  # (B, R)
+            kl = zero_masked(kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), mask)  # (B, R)
             check_finite(it + 1, accelerator, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
             last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
             rewards = -kl_ctl.value * kl
