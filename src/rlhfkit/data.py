@@ -459,9 +459,8 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
                 f"{_show(ended)} is not a list of {k} true/false values",
                 "Give one boolean per response (false = the response was cut off), or leave the field out",
             )
-    first: dict[
-        tuple[str, bool], int
-    ] = {}  # the same answer twice must tie, as chosen == rejected is refused
+    # The same answer twice must tie, as chosen == rejected is refused.
+    first: dict[tuple[str, bool], int] = {}  # (answer, ended) -> the index it first appears at
     for i, key in enumerate(zip(responses, ended or [True] * k)):
         j = first.setdefault(key, i)
         if ranks[j] != ranks[i]:

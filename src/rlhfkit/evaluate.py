@@ -280,7 +280,7 @@ def run(cfg):
 
     if cfg.best_of_n:
         from rlhfkit.losses import best_of_n_kl
-        from rlhfkit.modeling import for_inference, load_reward_model
+        from rlhfkit.modeling import load_reward_model
 
         if not cfg.reward_model:
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")

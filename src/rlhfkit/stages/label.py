@@ -55,7 +55,7 @@ def run(cfg: LabelConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     model = for_inference(load_causal_lm(cfg.model))
     check_vocab(model, tokenizer, f"label --model {cfg.model}")
-    settings = {name: getattr(cfg, name) for name in LABELER_SETTINGS}
+    settings = labeler_settings(cfg)
     labelers = simulated_labelers(settings)
 
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
@@ -127,6 +127,11 @@ def ranks_with_ties(ranking: list[int], responses: list[str], ended: list[bool])
 LABELER_SETTINGS = ("n_labelers", "seed", "labeler_noise", "label_noise")  # LabelConfig fields that make them
 
 
+def labeler_settings(cfg: LabelConfig) -> dict:
+    """The LabelConfig fields that make the labelers: {n_labelers, seed, labeler_noise, label_noise}."""
+    return {name: getattr(cfg, name) for name in LABELER_SETTINGS}
+
+
 def simulated_labelers(settings: dict) -> list:
     """The world's labelers for the settings {n_labelers, seed, labeler_noise, label_noise}."""
     from rlhfkit.world import labelers
@@ -146,9 +151,8 @@ def settings_path(comparisons: str | Path) -> Path:
 
 def default_settings(why: str = "") -> dict:
     """LabelConfig's defaults, with "source" saying that they are a fallback (and why)."""
-    defaults = LabelConfig()
     source = "LabelConfig defaults" + (f" ({why})" if why else "")
-    return {**{name: getattr(defaults, name) for name in LABELER_SETTINGS}, "source": source}
+    return {**labeler_settings(LabelConfig()), "source": source}
 
 
 def read_settings(comparisons: str | Path) -> dict:
