@@ -15,6 +15,7 @@ from rlhfkit.world import (
     score,
     split_prompts,
 )
+from rlhfkit.world import corpus as corpus_module
 from rlhfkit.world.corpus import QA_MARKS, SEED_CONTINUATIONS
 from rlhfkit.world.facts import (
     CITIES,
@@ -179,8 +180,19 @@ def test_corpus_is_deterministic_and_bounded():
     assert len(docs) == 1000 and all(20 <= len(d) <= 200 for d in docs)
     heldout = heldout_corpus()
     assert len(heldout) == len(set(heldout)) == 300
-    # held out means unseen: not one document verbatim in the largest preset's pretraining corpus
+    # held out means unseen: not one document verbatim in the default pretraining corpus
     assert not set(heldout) & set(pretrain_corpus(0, n_docs=20000))
+
+
+def test_exported_heldout_text_avoids_a_larger_corpus(tmp_path, monkeypatch):
+    # A corpus larger than the default one (the large preset's) gets held-out text that avoids all of it:
+    # shrink "the default" to 100 documents so that a 3000-document corpus is the larger one here.
+    monkeypatch.setattr(corpus_module, "TRAIN_DOCS_MAX", 100)
+    assert set(heldout_corpus()) & set(pretrain_corpus(0, n_docs=3000))  # what the default text would overlap
+    export_world(tmp_path, seed=0, n_docs=3000)
+    read = lambda name: {json.loads(line)["text"] for line in (tmp_path / name).read_text().splitlines()}  # noqa: E731
+    heldout, corpus = read("pretrain_heldout.jsonl"), read("pretrain.jsonl")
+    assert len(heldout) == 300 and len(corpus) > 2000 and not heldout & corpus
 
 
 def test_corpus_continues_instructions_instead_of_answering():

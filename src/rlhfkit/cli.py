@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     export = world_sub.add_parser("export", help="write the world's data as JSONL")
     export.add_argument("--out", default="runs/world", help="output directory")
     export.add_argument("--seed", type=int, default=0, help="world seed")
+    export.add_argument(
+        "--docs",
+        type=int,
+        default=None,
+        help="pretraining documents (default 20000; held-out text avoids them)",
+    )
     args = parser.parse_args(argv)
     from rlhfkit.training import quiet_libraries
 
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "world":
             from rlhfkit.world import export_world
 
-            counts = export_world(args.out, seed=args.seed)
+            docs = {} if args.docs is None else {"n_docs": args.docs}
+            counts = export_world(args.out, seed=args.seed, **docs)
             for name, n in counts.items():
                 print(f"{args.out}/{name}: {n} rows")
     except KeyboardInterrupt:

@@ -180,6 +180,7 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
             "out": out / "eval",
             "curves": [f"reward={out / 'reward'}"],
             "reward_model": out / "reward",
+            "heldout_text": out / "data" / "pretrain_heldout.jsonl",  # avoids this run's own corpus
             "best_of_n": [4, 16],
             "models": [
                 f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods) if name != "best_of_n"

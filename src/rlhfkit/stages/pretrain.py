@@ -50,8 +50,14 @@ def run(cfg: PretrainConfig):
 
 def load_texts(cfg: PretrainConfig) -> list[str]:
     if cfg.data == "world":
-        from rlhfkit.world import pretrain_corpus
+        from rlhfkit.world.corpus import TRAIN_DOCS_MAX, pretrain_corpus
 
+        if cfg.world_docs > TRAIN_DOCS_MAX:
+            console.print(
+                f"[pretrain] {cfg.world_docs} world documents: `rlhfkit eval --heldout-text world` avoids only the "
+                f"first {TRAIN_DOCS_MAX}; measure perplexity on the pretrain_heldout.jsonl of `rlhfkit world export "
+                f"--docs {cfg.world_docs}` (rlhfkit pipeline does)"
+            )
         return pretrain_corpus(n_docs=cfg.world_docs)  # the world is fixed; cfg.seed varies training
     from rlhfkit.data import load_pretrain
 

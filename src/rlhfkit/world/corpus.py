@@ -103,15 +103,19 @@ def pretrain_corpus(seed: int = 0, n_docs: int = DEFAULT_DOCS) -> list[str]:
     return docs
 
 
-# The largest pretraining corpus a preset draws (`default` and `large`); held-out text avoids all of it.
+# The default Step0 corpus: held-out text avoids all of it. A larger corpus (the `large` preset's) gets held-out text
+# that avoids it instead, written by `export_world` beside it (data/pretrain_heldout.jsonl).
 TRAIN_DOCS_MAX = DEFAULT_DOCS
 
 
-def heldout_corpus(seed: int = 12345, n_docs: int = 300) -> list[str]:
+def heldout_corpus(
+    seed: int = 12345, n_docs: int = 300, exclude_docs: int = 0, corpus_seed: int = 0
+) -> list[str]:
     """Held-out documents from the same generator, for measuring perplexity (the alignment tax): none of them
-    is verbatim in any pretraining corpus of up to TRAIN_DOCS_MAX documents (the generator's templates repeat,
-    so about one draw in eight would be)."""
-    seen = set(pretrain_corpus(n_docs=TRAIN_DOCS_MAX)) | set(SEED_CONTINUATIONS)
+    is verbatim in the pretraining corpus of `corpus_seed` up to `exclude_docs` documents, or the default corpus
+    where that is larger (the generator's templates repeat, so about one draw in eight would be)."""
+    # Every generated document up to there, also those a corpus of another size replaced by a continuation.
+    seen = set(generate_docs(corpus_seed, max(exclude_docs, TRAIN_DOCS_MAX))) | set(SEED_CONTINUATIONS)
     docs: list[str] = []
     for doc in document_stream(seed):
         if len(docs) == n_docs:

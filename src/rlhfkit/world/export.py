@@ -15,7 +15,9 @@ def export_world(out_dir: str | Path, seed: int = 0, n_docs: int = DEFAULT_DOCS)
     seed_tasks = [parse_prompt(p) for p in SEED_PROMPTS]
     files = {
         "pretrain.jsonl": [{"text": t} for t in pretrain_corpus(seed, n_docs)],
-        "pretrain_heldout.jsonl": [{"text": t} for t in heldout_corpus(seed + 12345)],
+        "pretrain_heldout.jsonl": [
+            {"text": t} for t in heldout_corpus(seed + 12345, exclude_docs=n_docs, corpus_seed=seed)
+        ],
         "sft.jsonl": demonstrations(seed),
         "rm_prompts.jsonl": _prompt_rows(splits["rm"]),
         "rl_prompts.jsonl": _prompt_rows(splits["rl"]),
