@@ -185,6 +185,29 @@ def test_a_saved_config_runs_under_another_out(tmp_path, capsys):
     assert steps["pretrain"].max_steps == 40  # the saved settings themselves are kept
 
 
+def test_the_large_preset_on_a_cpu_says_it_is_meant_for_a_gpu(tmp_path, monkeypatch, capsys):
+    import rlhfkit.pipeline as pipeline
+    import rlhfkit.world
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_has_accelerator", lambda: False)
+    monkeypatch.setattr(rlhfkit.world, "export_world", stop)  # the first step: stop before any work
+    cfg, steps = resolved("--preset", "large", "--out", str(tmp_path / "run"))
+    assert steps["pretrain"].world_docs == 100000 and steps["eval"].heldout_text.endswith(
+        "pretrain_heldout.jsonl"
+    )
+    with pytest.raises(Stop):
+        pipeline.run(cfg)
+    assert "--preset large is meant for a GPU" in " ".join(
+        capsys.readouterr().err.split()
+    )  # the console's stream
+
+
 def test_a_step_section_cannot_set_the_run_wide_seed(tmp_path):
     with pytest.raises(ValueError, match=r"ppo.seed = 5, but the pipeline sets every step's seed"):
         resolved("--preset", "tiny", config={"ppo": {"seed": 5}}, tmp_path=tmp_path)
