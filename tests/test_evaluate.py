@@ -147,3 +147,71 @@ def test_figures_never_read_metrics_of_a_run_without_a_directory(tmp_path, monke
     write_figures(report, {"sft": str(tmp_path / "sft"), "best_of_4": ""}, tmp_path)
     assert set(read) == {str(tmp_path / "sft")}
     assert (tmp_path / "curves.png").exists()
+
+
+# --- models with tokenizers of their own ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_sft(tiny_sft, tmp_path_factory):
+    """A tiny chat model with a tokenizer of its own (trained on other text), its vocabulary as large as the
+    fixtures' so that no size check can tell the two apart."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.tokenizer import load_tokenizer, train_tokenizer
+    from rlhfkit.world import pretrain_corpus
+
+    tokenizer = train_tokenizer(pretrain_corpus(7, n_docs=300)[::-1], vocab_size=500)
+    out = tmp_path_factory.mktemp("other_tokenizer_sft")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=max(len(tokenizer), len(load_tokenizer(tiny_sft))),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)  # no rlhfkit.json: a user's model, taken to be a chat model
+    return out
+
+
+def test_a_model_with_another_tokenizer_is_refused_where_models_read_each_others_ids(
+    tiny_sft, other_tokenizer_sft
+):
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.modeling import check_vocab, same_tokenizer
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_sft)
+    other = AutoModelForCausalLM.from_pretrained(other_tokenizer_sft)
+    assert other.get_input_embeddings().num_embeddings >= len(tokenizer)  # the size check alone would pass it
+    assert same_tokenizer(tokenizer, tiny_sft) and same_tokenizer(tokenizer, None)
+    assert not same_tokenizer(tokenizer, other_tokenizer_sft)
+    with pytest.raises(ValueError, match="ppo --reward-model X: the tokenizer saved with this model"):
+        check_vocab(other, tokenizer, "ppo --reward-model X", other_tokenizer_sft)
+    check_vocab(other, tokenizer, "no directory given: the size check only")
+
+
+def test_eval_samples_a_model_with_its_own_tokenizer_and_reports_no_kl(
+    tiny_sft, other_tokenizer_sft, tmp_path
+):
+    cfg = EvalConfig(
+        out=str(tmp_path / "eval"),
+        models=[f"sft={tiny_sft}", f"other={other_tokenizer_sft}"],
+        samples_per_prompt=1,
+        max_new_tokens=4,
+        heldout_text="",
+    )
+    report = evaluate(cfg)
+    other = report["models"]["other"]
+    assert other["kl_to_sft"] is None and 0.0 <= other["win_rate"] <= 1.0
+    assert report["models"]["sft"]["kl_to_sft"] == 0.0
+
+
+def test_report_numbers_never_show_minus_zero():
+    # the k1 KL estimate of a model against itself can come out at -1e-9
+    assert [report_module._fmt(v, 2) for v in (-0.001, -0.01, 0.0, None)] == ["0.00", "-0.01", "0.00", "—"]

@@ -4,6 +4,7 @@ run with a clear error and keeps the last checkpoint, and the real reward model 
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,15 @@ def test_max_grad_norm_zero_turns_clipping_off(tiny_sft, tmp_path):
     after = dict(policy.named_parameters())
     moved = [n for n, w in before.items() if n in after and not torch.equal(after[n].detach(), w)]
     assert moved
+
+
+def test_a_reward_model_that_barely_separates_answers_is_named(tiny_sft, tiny_reward, tmp_path, capsys):
+    # A reward model whose scores of the centring answers hardly differ: PPO's rewards are divided by that spread.
+    narrow = tmp_path / "narrow_rm"
+    shutil.copytree(tiny_reward, narrow)
+    config = json.loads((narrow / "config.json").read_text())
+    (narrow / "config.json").write_text(json.dumps({**config, "reward_std": 0.0033}))
+    ppo.run(toy_config(tmp_path / "ppo", tiny_sft, reward_model=str(narrow), iterations=1))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "[ppo] warning: the reward model's scores of the centring answers spread by only 0.0033" in said
+    assert "(×303) unless given --no-scale-rewards" in said

@@ -167,7 +167,9 @@ def _generate(args: GenerateArgs) -> None:
         reward_model = for_inference(
             load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True)
         )
-        check_vocab(reward_model, tokenizer, f"generate --reward-model {args.reward_model}")
+        check_vocab(
+            reward_model, tokenizer, f"generate --reward-model {args.reward_model}", args.reward_model
+        )
         answers = best_of_n(
             model,
             reward_model,

@@ -222,7 +222,7 @@ def run(cfg):
     import time
     from pathlib import Path
 
-    from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm
+    from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm, same_tokenizer
     from rlhfkit.rollout import generate_answers
     from rlhfkit.tokenizer import load_tokenizer
     from rlhfkit.training import console
@@ -239,7 +239,12 @@ def run(cfg):
     seed_prompts = seed_prompt_list(cfg)
     tokenizer = load_tokenizer(models[cfg.reference])
     kl_ref = for_inference(load_causal_lm(cfg.kl_reference or models[cfg.reference]))
-    check_vocab(kl_ref, tokenizer, f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}")
+    check_vocab(
+        kl_ref,
+        tokenizer,
+        f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}",
+        cfg.kl_reference,
+    )
     heldout = heldout_texts(cfg.heldout_text)
     if heldout and cfg.heldout_text == "world" and cfg.prompts != "world":
         console.print(
@@ -252,12 +257,18 @@ def run(cfg):
         start = time.time()
         with console.status(f"[eval] {name}: sampling {len(repeated)} answers"):
             model = for_inference(load_causal_lm(path))
-            check_vocab(model, tokenizer, f"eval --models {name}={path} (with {cfg.reference}'s tokenizer)")
+            # A model with a tokenizer of its own samples with it: its answers are text to the judge, but its
+            # KL to the reference (token by token) means nothing and is not reported.
+            shared = same_tokenizer(tokenizer, path)
+            own = tokenizer if shared else load_tokenizer(path)
+            check_vocab(model, own, f"eval --models {name}={path}")
+            if not shared:
+                console.print(f"[eval] {name}: its tokenizer is not {cfg.reference}'s, so it has no KL to it")
             chat = is_chat_model(path)
             answer = functools.partial(
                 generate_answers,
                 model,
-                tokenizer,
+                own,
                 chat=chat,
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
@@ -269,9 +280,9 @@ def run(cfg):
             stats = {
                 **length_and_eos(answers[name]),
                 "kl_to_sft": kl_to_reference(model, kl_ref, tokenizer, prompts, cfg.max_new_tokens, cfg.seed)
-                if chat
+                if chat and shared
                 else None,
-                "pretrain_ppl": perplexity(model, tokenizer, heldout) if heldout else None,
+                "pretrain_ppl": perplexity(model, own, heldout) if heldout else None,
                 "chat": chat,
                 "path": path,
             }
@@ -285,7 +296,7 @@ def run(cfg):
         if not cfg.reward_model:
             raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
         rm = for_inference(load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True))
-        check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}")
+        check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}", cfg.reward_model)
         base = for_inference(load_causal_lm(models[cfg.reference]))
         start, ns = time.time(), sorted(set(cfg.best_of_n))
         with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):

@@ -23,6 +23,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -74,13 +75,23 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
         raise FileNotFoundError(
             f"{what} {path!s}: no such directory; give the directory a stage wrote, e.g. runs/demo/sft"
         )
+    if not local.exists() and not os.environ.get("HF_HUB_OFFLINE"):
+        from rlhfkit.training import console
+
+        # Offline, the hub client retries for about a minute before it gives up: say what it is doing.
+        console.print(
+            f"[rlhfkit] {what} {path!s} is not a directory here: looking it up on the Hugging Face Hub"
+        )
     try:
         return loader.from_pretrained(str(path), **kwargs)
-    except OSError as err:
-        where = "is not a directory here" if not Path(path).exists() else "has no loadable files"
+    except (
+        OSError,
+        ValueError,
+    ) as err:  # a directory without the files raises either, depending on the loader
+        where = "is not a directory here" if not local.exists() else "has no loadable files"
         raise FileNotFoundError(
-            f"{what} {path!s} {where} (and it could not be fetched as a hub id: {str(err).splitlines()[0]}); "
-            "give the directory a stage wrote, e.g. runs/demo/sft"
+            f"{what} {path!s} {where} ({str(err).splitlines()[0]}); give the directory a stage wrote, "
+            "e.g. runs/demo/sft"
         ) from None
 
 
@@ -115,8 +126,38 @@ def for_inference(model: PreTrainedModel) -> PreTrainedModel:
     return model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
-    """A tokenizer/model mismatch would index past the embedding table deep inside torch: say so up front."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def own_tokenizer(model_dir: str | Path | None) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved beside a model, or None where the directory holds none (or is not a local one)."""
+    if model_dir is None or not any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    return from_pretrained(AutoTokenizer, model_dir, "tokenizer")
+
+
+def same_tokenizer(tokenizer: PreTrainedTokenizerBase, model_dir: str | Path | None) -> bool:
+    """False when `model_dir` holds a tokenizer of its own with other tokens than `tokenizer`."""
+    if model_dir is None or Path(model_dir).resolve() == Path(tokenizer.name_or_path).resolve():
+        return True
+    own = own_tokenizer(model_dir)
+    return own is None or own.get_vocab() == tokenizer.get_vocab()
+
+
+def check_vocab(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    where: str,
+    model_dir: str | Path | None = None,
+) -> None:
+    """A model fed another tokenizer's ids reads them as other words, silently, or indexes past its embedding
+    table deep inside torch: say so up front. With `model_dir`, the tokenizer saved there must be this one."""
+    if not same_tokenizer(tokenizer, model_dir):
+        raise ValueError(
+            f"{where}: the tokenizer saved with this model ({len(own_tokenizer(model_dir))} tokens) is not the one "
+            f"in use ({len(tokenizer)} tokens, from {tokenizer.name_or_path}); models that read each other's "
+            "token ids (policy, reference, reward and value model) must share one tokenizer"
+        )
     n_embed = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embed:
         raise ValueError(

@@ -8,7 +8,10 @@ from rlhfkit.training import read_metrics
 
 
 def _fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # -0.00: a KL estimate of about 0
 
 
 def write_markdown(report: dict, path: Path, timings: dict | None = None) -> None:

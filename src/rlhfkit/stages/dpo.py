@@ -59,7 +59,7 @@ def run(cfg: DPOConfig):
     rankings = encode_rankings(cfg, tokenizer)
     accelerator = make_accelerator(cfg.mixed_precision)
     ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval()
-    check_vocab(ref_policy, tokenizer, f"dpo --ref-policy {cfg.ref_policy or cfg.policy}")
+    check_vocab(ref_policy, tokenizer, f"dpo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
     n_responses = sum(len(r.rows) for r in rankings)
     with console.status(f"[dpo] caching reference log-probs of {n_responses} responses"):
         ref_logps = cached_logprobs(

@@ -65,6 +65,7 @@ from rlhfkit.modeling import (
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, encode_prompts, response_logprobs, sample
 from rlhfkit.stages.lm import collate, is_finished
+from rlhfkit.stages.reward import NARROW_REWARD_STD, narrow_rewards
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -123,7 +124,7 @@ def run(cfg: PPOConfig, reward_fn=None):
         policy.eval()  # get_peft_model returns a model in train mode
     else:
         ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
-        check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}")
+        check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
     reward_model = None
     if reward_fn is None:
         reward_model = (
@@ -132,7 +133,10 @@ def run(cfg: PPOConfig, reward_fn=None):
             .requires_grad_(False)
             .to(device)
         )
-        check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}")
+        check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}", cfg.reward_model)
+        std = float(getattr(reward_model.config, "reward_std", 1.0) or 1.0)
+        if cfg.scale_rewards and std < NARROW_REWARD_STD:
+            console.print(f"[ppo] warning: {narrow_rewards(std)}")
     value_model = None
     if cfg.algo == "ppo":
         value_model = make_value_model(cfg, policy, tokenizer)
@@ -354,7 +358,7 @@ def make_value_model(cfg: PPOConfig, policy, tokenizer):
     source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
     if not cfg.shared_trunk:
         value_model = load_reward_model(source, tokenizer.pad_token_id).eval()
-        check_vocab(value_model, tokenizer, f"ppo --value-model {source}")
+        check_vocab(value_model, tokenizer, f"ppo --value-model {source}", source)
         return ValueModel(value_model, *reward_units(value_model.config, cfg))
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)

@@ -135,6 +135,8 @@ def run(cfg: RewardConfig):
     final = accelerator.unwrap_model(model).model.eval()
     bias, scale = centre_on_demonstrations(final, tokenizer, cfg, train_items)
     final.config.reward_bias, final.config.reward_std = bias, scale
+    if scale < NARROW_REWARD_STD:
+        console.print(f"[reward] warning: {narrow_rewards(scale)}")
     if accelerator.is_main_process:
         save_model(
             final,
@@ -295,6 +297,18 @@ def score_responses(
         ids, mask = right_pad(rows, tokenizer.pad_token_id)
         out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
+
+
+# Below this spread on the centring answers the reward model barely tells answers apart, and PPO's rewards,
+# divided by it, grow by 1/std: both deserve a word.
+NARROW_REWARD_STD = 0.05
+
+
+def narrow_rewards(std: float) -> str:
+    return (
+        f"the reward model's scores of the centring answers spread by only {std:.4f}, so it barely tells answers "
+        f"apart; PPO divides rewards by that spread (×{1 / max(std, 1e-12):.0f}) unless given --no-scale-rewards"
+    )
 
 
 def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig, items: list[Ranked]) -> tuple[float, float]:
