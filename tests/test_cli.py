@@ -249,10 +249,16 @@ def test_judging_with_a_causal_lm_is_refused(tiny_sft, capsys):
 
 def test_zero_new_tokens_is_a_user_error(tiny_sft, capsys):
     assert main(["generate", "--model", str(tiny_sft), "--prompt", "x", "--max-new-tokens", "0"]) == 2
-    assert "--max-new-tokens 0: an answer needs at least one token" in console_text(capsys)
+    assert "max_new_tokens = 0: must be >= 1 (--max-new-tokens)" in console_text(capsys)
 
 
 def test_world_export_takes_the_corpus_size(tmp_path, capsys):
     main(["world", "export", "--out", str(tmp_path / "w"), "--docs", "150"])
     assert len(read_jsonl(tmp_path / "w" / "pretrain.jsonl")) == 150
     assert f"{tmp_path / 'w'}/pretrain.jsonl: 150 rows" in console_text(capsys)
+
+
+def test_a_model_directory_without_a_model_is_named(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "--model", str(tmp_path / "empty"), "--prompt", "x"]) == 2
+    assert f"tokenizer {tmp_path / 'empty'} has no loadable files" in console_text(capsys)

@@ -9,10 +9,12 @@ import yaml
 import rlhfkit.stages.pretrain
 from rlhfkit.cli import GenerateArgs, main
 from rlhfkit.config import (
+    DPOConfig,
     EvalConfig,
     PPOConfig,
     PretrainConfig,
     RewardConfig,
+    SFTConfig,
     add_arguments,
     from_args,
     load_yaml,
@@ -167,3 +169,37 @@ def test_pipeline_bad_yaml_names_file_section_and_key(write_yaml, tmp_path, caps
     message = console_text(capsys)
     assert message.startswith(f"error: {path}: ") and expected in message
     assert "Traceback" not in message and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "cls, key, value, rule",
+    [
+        (SFTConfig, "grad_accum", 0, ">= 1"),  # trained nothing and saved the model as complete
+        (SFTConfig, "max_steps", -3, ">= 0"),
+        (SFTConfig, "batch_size", 0, ">= 1"),
+        (SFTConfig, "lora_r", -1, ">= 0"),
+        (PPOConfig, "kl_coef", -1.0, ">= 0"),  # would reward drifting away from SFT
+        (PPOConfig, "iterations", 0, ">= 1"),
+        (PPOConfig, "lr", -1.0, "> 0"),
+        (PPOConfig, "ema_decay", 1.0, "in [0, 1)"),
+        (DPOConfig, "beta", 0.0, "> 0"),  # a constant loss
+        (RewardConfig, "val_fraction", 1.0, "in [0, 1)"),  # divided by zero training on nothing
+        (EvalConfig, "top_p", 0.0, "in (0, 1]"),
+    ],
+)
+def test_a_value_out_of_range_names_the_setting_its_flag_and_its_range(cls, key, value, rule):
+    with pytest.raises(ValueError) as err:
+        cls(**{key: value})
+    assert str(err.value) == f"{key} = {value!r}: must be {rule} (--{key.replace('_', '-')})"
+    cls()  # the defaults are in range
+
+
+def test_an_unknown_precision_lists_the_ones_there_are():
+    with pytest.raises(ValueError, match=r"mixed_precision = 'bf17': use one of auto, no, bf16, fp16"):
+        PPOConfig(mixed_precision="bf17")
+
+
+def test_a_yaml_value_out_of_range_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "sft.yaml").write_text("grad_accum: 0\n")
+    assert main(["sft", "--config", str(tmp_path / "sft.yaml"), "--out", str(tmp_path / "x")]) == 2
+    assert "grad_accum = 0: must be >= 1 (--grad-accum)" in capsys.readouterr().err

@@ -38,7 +38,7 @@ STAGES: dict[str, tuple[type, str, str]] = {
 
 
 @dataclass
-class GenerateArgs:
+class GenerateArgs(C.Settings):
     model: str = C.arg("runs/sft", "model directory")
     prompt: list[str] = C.arg(None, "one or more prompts")
     prompts_file: str | None = C.arg(None, "a {'prompt'} JSONL file instead of --prompt")

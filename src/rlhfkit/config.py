@@ -22,8 +22,76 @@ def arg(default, help: str):  # noqa: A002 - `help` reads best at the call sites
     return field(default=default, metadata={"help": help, "default": default})
 
 
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low):
+    return (lambda v: v > low), f"> {low}"
+
+
+def _within(low, high, high_open=False):
+    if high_open:
+        return (lambda v: low <= v < high), f"in [{low}, {high})"
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+# The range of every numeric setting that has one, by name: a name means the same thing in every stage. A value
+# outside it would train nothing, divide by zero, or invert what the setting does (a negative β rewards drifting
+# from SFT), several of them silently.
+LIMITS = {
+    **dict.fromkeys(
+        ["batch_size", "grad_accum", "mini_batch_size", "ppo_epochs", "iterations", "rounds", "n_labelers"],
+        _at_least(1),
+    ),
+    **dict.fromkeys(
+        ["samples_per_prompt", "max_new_tokens", "ptx_batch_size", "world_docs", "log_every", "eval_every"],
+        _at_least(1),
+    ),
+    **dict.fromkeys(
+        ["hidden_size", "num_layers", "num_heads", "intermediate_size", "kl_horizon"], _at_least(1)
+    ),
+    **dict.fromkeys(["num_samples", "best_of_n", "lora_alpha"], _at_least(1)),
+    **dict.fromkeys(["k", "rloo_k", "max_len"], _at_least(2)),
+    **dict.fromkeys(["max_steps", "warmup_steps", "save_every", "sample_every", "lora_r"], _at_least(0)),
+    **dict.fromkeys(
+        ["lr", "vf_lr", "epochs", "target_kl", "cliprange", "cliprange_value", "beta"], _above(0)
+    ),
+    **dict.fromkeys(["weight_decay", "max_grad_norm", "kl_coef", "vf_coef", "ptx_coef"], _at_least(0)),
+    **dict.fromkeys(["labeler_noise", "margin", "center_rewards_coefficient", "temperature"], _at_least(0)),
+    **dict.fromkeys(["gamma", "lam", "label_noise"], _within(0, 1)),
+    **dict.fromkeys(["val_fraction", "lora_dropout", "ema_decay"], _within(0, 1, high_open=True)),
+    "label_smoothing": _within(0, 0.5, high_open=True),
+    "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "vocab_size": _at_least(16),
+}
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+class Settings:
+    """Every settings dataclass checks its values when it is made (CLI, YAML, pipeline and Python API alike)."""
+
+    def __post_init__(self):
+        check_limits(self)
+
+
+def check_limits(config) -> None:
+    """A ValueError naming the setting, its flag and its range for the first value out of range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "mixed_precision" and value not in PRECISIONS:
+            raise ValueError(f"{f.name} = {value!r}: use one of {', '.join(PRECISIONS)} ({flag})")
+        if f.name not in LIMITS or value is None or isinstance(value, bool):
+            continue
+        ok, rule = LIMITS[f.name]
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (int, float)) and not ok(item):
+                raise ValueError(f"{f.name} = {item!r}: must be {rule} ({flag})")
+
+
 @dataclass
-class TrainArgs:
+class TrainArgs(Settings):
     """Settings every training stage has."""
 
     out: str = arg("runs/stage", "output directory (model, metrics.jsonl, tensorboard/, checkpoint/)")
@@ -83,7 +151,7 @@ class SFTConfig(TrainArgs):
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(Settings):
     """Step2 data: sample K answers per RM prompt from the SFT model and have simulated labelers rank them."""
 
     out: str = arg("runs/comparisons.jsonl", "output JSONL of {prompt, responses, ranking, ended}")
@@ -208,7 +276,7 @@ class DPOConfig(TrainArgs):
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     """Win rate of each model against a reference (SFT) on held-out prompts, judged by the held-out panel."""
 
     out: str = arg("runs/eval", "output directory: report.json, report.md, winrate.png, curves.png")
@@ -239,7 +307,7 @@ class EvalConfig:
 
 
 @dataclass
-class ScoreArgs:
+class ScoreArgs(Settings):
     reward_model: str = arg("runs/reward", "reward model directory")
     prompt: str = arg(None, "the prompt")
     response: list[str] = arg(None, "one or more responses to score")
