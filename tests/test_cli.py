@@ -262,3 +262,10 @@ def test_a_model_directory_without_a_model_is_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["generate", "--model", str(tmp_path / "empty"), "--prompt", "x"]) == 2
     assert f"tokenizer {tmp_path / 'empty'} has no loadable files" in console_text(capsys)
+
+
+def test_an_error_is_one_line_however_long(tmp_path, capsys):
+    missing = tmp_path / ("x" * 120)
+    assert main(["generate", "--model", str(missing), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(missing) in err

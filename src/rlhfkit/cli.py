@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         console.quiet = False  # every process reports its own error
         console.print("error:", style="bold red", end=" ")
-        console.print(str(err))
+        console.print(str(err), soft_wrap=True)  # one line, whatever the width: a log can be grepped for it
         return 2
     return 0
 
