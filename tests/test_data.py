@@ -208,6 +208,7 @@ BAD_ROWS = [
     (load_pretrain, {"text": 5}, "text", "expected a string, got an integer 5"),
     (load_pretrain, {"text": "  "}, "text", "is empty"),
     (load_sft, {"prompt": "p"}, "completion", "is missing"),
+    (load_sft, {"prompt": "p", "completion": None}, "completion", 'is null (the row has fields "prompt")'),
     (
         load_sft,
         {"messages": [{"role": "bot", "content": "hi"}]},

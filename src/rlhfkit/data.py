@@ -545,7 +545,8 @@ def _has(record: dict, key: str) -> bool:
 
 def _field(location: str, record: dict, key: str) -> Any:
     if not _has(record, key):
-        raise _error(location, key, f"is missing (the row has {_fields(record)})", f'Add "{key}" to the row')
+        problem = "is null" if key in record else "is missing"
+        raise _error(location, key, f"{problem} (the row has {_fields(record)})", f'Give "{key}" in the row')
     return record[key]
 
 
