@@ -251,7 +251,7 @@ def test_comparisons_outside_the_world_are_centred_on_their_best_answers(tiny_sf
     )
     printed = " ".join(capsys.readouterr().err.split())
     assert "not the embedded world's: the reward is centred on their best-ranked answers" in printed
-    assert "no validation rankings (--val-fraction 0)" in printed
+    assert "no validation rankings (--val-fraction 0 of 16 rankings' prompts)" in printed
     assert json.loads((out / "eval.json").read_text())["val_accuracy"] is None  # not a 0.000 accuracy
     tokenizer = load_tokenizer(out)
     chosen = score_responses(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])

@@ -156,7 +156,7 @@ def run(cfg: RewardConfig):
         val = (
             f"val accuracy {report['val_accuracy']:.3f}"
             if val_items
-            else "no validation rankings (--val-fraction 0)"
+            else f"no validation rankings (--val-fraction {cfg.val_fraction} of {len(items)} rankings' prompts)"
         )
         console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {out}")
     return final
