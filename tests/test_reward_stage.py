@@ -312,3 +312,26 @@ def test_best_answers_standing_in_for_demonstrations_keep_their_ended_flag(monke
     assert scored == {"prompts": ["Hi?", "Bye?"], "responses": ["cut off", "second"], "ended": [False, True]}
     assert (bias, model.config.reward_bias) == (-2.0, 0.0)
     assert scale == pytest.approx(2**0.5)
+
+
+def test_conversation_prompts_without_a_chat_template_stop_before_training(tiny_sft, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"  # the SFT model with its chat template taken away
+    shutil.copytree(tiny_sft, base)
+    (base / "chat_template.jinja").unlink()
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "pairs.jsonl"
+    turn = [{"role": "user", "content": "去哪玩？"}]
+    rows = [
+        {"prompt": "去哪玩？", "chosen": "重庆。", "rejected": "不知道"},
+        {"prompt": turn, "chosen": "北京。", "rejected": "不"},
+    ]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(
+        ValueError, match=r"1 rows give the prompt as a conversation \(the first is ranking 2\)"
+    ):
+        reward.run(RewardConfig(out=str(tmp_path / "rm"), model=str(base), data=str(data), max_steps=1))
+    assert not (tmp_path / "rm" / "checkpoint").exists()

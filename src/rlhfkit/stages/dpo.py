@@ -28,7 +28,7 @@ from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
 from rlhfkit.stages.lm import is_finished
-from rlhfkit.stages.reward import encode_response, right_pad
+from rlhfkit.stages.reward import check_conversations, encode_response, right_pad
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -155,8 +155,9 @@ class EncodedRanking:
 
 def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
     """Every ranking of the file (the loader rejects, with file and line, a row whose responses all tie)."""
-    rankings = []
-    for item in load_preferences(cfg.data):
+    rankings, items = [], list(load_preferences(cfg.data))
+    check_conversations(tokenizer, items, f"dpo --data {cfg.data}")
+    for item in items:
         prompt_len = len(
             tokenizer(format_prompt(tokenizer, item.context), add_special_tokens=False)["input_ids"]
         )

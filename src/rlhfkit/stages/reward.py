@@ -77,6 +77,7 @@ def run(cfg: RewardConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
+    check_conversations(tokenizer, items, f"reward --data {comparisons_path(cfg)}")
     model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -200,6 +201,17 @@ def as_independent_pairs(items: list[Ranked], seed: int) -> list[Ranked]:
             )
     random.Random(seed).shuffle(pairs)
     return pairs
+
+
+def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
+    """A prompt given as a conversation needs the tokenizer's chat template: say so before any training step."""
+    rows = [n for n, item in enumerate(items, 1) if item.prompt_messages]
+    if rows and not tokenizer.chat_template:
+        raise ValueError(
+            f"{where}: {len(rows)} rows give the prompt as a conversation (the first is ranking {rows[0]}), but "
+            f"the tokenizer of {tokenizer.name_or_path} has no chat template; give plain-text prompts, or add a "
+            "chat_template to the tokenizer"
+        )
 
 
 def encode_response(
