@@ -379,3 +379,17 @@ def test_a_checkpoint_whose_optimizer_does_not_fit_is_a_clear_error(tmp_path):
         TrainingError, match=r"checkpoint: its optimizer state does not fit .* Delete .*checkpoint"
     ):
         load_checkpoint(accelerator, tmp_path)
+
+
+def test_resuming_a_finished_run_names_the_settings_it_was_made_with(tiny_gpt, tmp_path, capsys):
+    cfg = SFTConfig(out=str(tmp_path / "sft"), model=str(tiny_gpt), max_steps=2, batch_size=4, max_len=64)
+    sft.run(cfg)
+    assert read_meta(tmp_path / "sft")["settings"] == {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"
+    }
+    capsys.readouterr()
+    assert sft.run(dataclasses.replace(cfg, resume=True)) is None
+    assert " ".join(capsys.readouterr().err.split()).endswith("is already finished; nothing to do")
+    assert sft.run(dataclasses.replace(cfg, resume=True, lr=2e-3, batch_size=2)) is None
+    said = " ".join(capsys.readouterr().err.split())
+    assert "it was made with batch_size 4 (now 2), lr 0.001 (now 0.002): give another --out" in said

@@ -27,7 +27,7 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
-from rlhfkit.stages.lm import is_finished
+from rlhfkit.stages.lm import finished_earlier, settings_of
 from rlhfkit.stages.reward import check_conversations, encode_response, right_pad
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 from rlhfkit.training import (
@@ -48,8 +48,7 @@ from rlhfkit.training import (
 
 def run(cfg: DPOConfig):
     out = Path(cfg.out)
-    if cfg.resume and is_finished(out):
-        console.print(f"[dpo] {out} is already finished; nothing to do")
+    if finished_earlier(cfg, "dpo"):
         return None
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
@@ -137,6 +136,7 @@ def run(cfg: DPOConfig):
             steps=steps,
             beta=cfg.beta,
             loss_type=cfg.loss_type,
+            settings=settings_of(cfg),
         )
         remove_checkpoint(out)
     accelerator.wait_for_everyone()

@@ -7,6 +7,7 @@ cosine LR, clipping, checkpoints, resume — is this one loop, read top to botto
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def train_lm(
         final = final.merge_and_unload()
     final.config.use_cache = True
     if accelerator.is_main_process:
-        save_model(final, tokenizer, out, **meta, steps=max_steps, complete=True)
+        save_model(final, tokenizer, out, **meta, steps=max_steps, complete=True, settings=settings_of(cfg))
         remove_checkpoint(out)
     accelerator.wait_for_everyone()
     return final
@@ -122,6 +123,27 @@ def collate(examples: list[LMExample], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(e.labels)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def settings_of(cfg) -> dict:
+    """A stage's settings as saved in its rlhfkit.json (resume is how it ran, not what it made)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"}
+
+
+def finished_earlier(cfg, stage: str) -> bool:
+    """--resume on a finished directory: nothing to do. Settings that differ from the finished run's are named,
+    so that nobody takes the old model for one trained with the new settings."""
+    from rlhfkit.modeling import read_meta
+
+    if not (cfg.resume and is_finished(cfg.out)):
+        return False
+    before, now = read_meta(cfg.out).get("settings") or {}, settings_of(cfg)
+    changed = [f"{k} {before[k]!r} (now {now[k]!r})" for k in now if k in before and before[k] != now[k]]
+    note = (
+        f"; it was made with {', '.join(changed)}: give another --out to train with these" if changed else ""
+    )
+    console.print(f"[{stage}] {cfg.out} is already finished; nothing to do{note}")
+    return True
 
 
 def is_finished(out: str | Path) -> bool:

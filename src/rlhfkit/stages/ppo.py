@@ -64,7 +64,7 @@ from rlhfkit.modeling import (
     scalar_head,
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, encode_prompts, response_logprobs, sample
-from rlhfkit.stages.lm import collate, is_finished
+from rlhfkit.stages.lm import collate, finished_earlier, settings_of
 from rlhfkit.stages.reward import NARROW_REWARD_STD, narrow_rewards
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
@@ -86,8 +86,7 @@ from rlhfkit.training import (
 def run(cfg: PPOConfig, reward_fn=None):
     """Train; `reward_fn(prompts, responses, ended) -> (B,) tensor` replaces the reward model (tests, toy rewards)."""
     out = Path(cfg.out)
-    if cfg.resume and is_finished(out):
-        console.print(f"[{cfg.algo}] {out} is already finished; nothing to do")
+    if finished_earlier(cfg, cfg.algo):
         return None
     if cfg.algo not in ("ppo", "rloo"):
         raise ValueError(f"ppo --algo {cfg.algo!r}: use 'ppo' or 'rloo'")
@@ -332,6 +331,7 @@ def run(cfg: PPOConfig, reward_fn=None):
             ptx_coef=cfg.ptx_coef,
             kl_coef=kl_ctl.value,
             algo=cfg.algo,
+            settings=settings_of(cfg),
         )
         if value_model is not None and not cfg.shared_trunk:
             save_model(

@@ -14,14 +14,13 @@ from pathlib import Path
 
 from rlhfkit.config import PretrainConfig
 from rlhfkit.modeling import ModelSize, build_default_model, check_vocab, load_causal_lm
-from rlhfkit.stages.lm import LMExample, is_finished, train_lm
+from rlhfkit.stages.lm import LMExample, finished_earlier, train_lm
 from rlhfkit.tokenizer import load_tokenizer, train_tokenizer
 from rlhfkit.training import console
 
 
 def run(cfg: PretrainConfig):
-    if cfg.resume and is_finished(cfg.out):
-        console.print(f"[pretrain] {cfg.out} is already finished; nothing to do")
+    if finished_earlier(cfg, "pretrain"):
         return None
     texts = load_texts(cfg)
     if cfg.tokenizer or cfg.model:  # continuing an HF model: its own tokenizer, never a new one

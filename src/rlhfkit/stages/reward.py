@@ -38,7 +38,7 @@ from rlhfkit.modeling import (
     read_meta,
     save_model,
 )
-from rlhfkit.stages.lm import is_finished
+from rlhfkit.stages.lm import finished_earlier, settings_of
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -60,8 +60,7 @@ from rlhfkit.training import (
 
 def run(cfg: RewardConfig):
     out = Path(cfg.out)
-    if cfg.resume and is_finished(out):
-        console.print(f"[reward] {out} is already finished; nothing to do")
+    if finished_earlier(cfg, "reward"):
         return None
     seed_everything(cfg.seed)
     items = load_comparisons(cfg)
@@ -150,6 +149,7 @@ def run(cfg: RewardConfig):
             reward_bias=bias,
             reward_std=scale,
             kwise=cfg.kwise,
+            settings=settings_of(cfg),
         )
         remove_checkpoint(out)
         report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)

@@ -16,14 +16,13 @@ from pathlib import Path
 
 from rlhfkit.config import SFTConfig
 from rlhfkit.modeling import check_vocab, load_causal_lm
-from rlhfkit.stages.lm import LMExample, is_finished, train_lm
+from rlhfkit.stages.lm import LMExample, finished_earlier, train_lm
 from rlhfkit.tokenizer import format_messages, format_prompt, load_tokenizer
 from rlhfkit.training import console, seed_everything
 
 
 def run(cfg: SFTConfig):
-    if cfg.resume and is_finished(cfg.out):
-        console.print(f"[sft] {cfg.out} is already finished; nothing to do")
+    if finished_earlier(cfg, "sft"):
         return None
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
