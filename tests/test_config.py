@@ -203,3 +203,13 @@ def test_a_yaml_value_out_of_range_is_a_user_error(tmp_path, capsys):
     (tmp_path / "sft.yaml").write_text("grad_accum: 0\n")
     assert main(["sft", "--config", str(tmp_path / "sft.yaml"), "--out", str(tmp_path / "x")]) == 2
     assert "grad_accum = 0: must be >= 1 (--grad-accum)" in capsys.readouterr().err
+
+
+def test_every_limit_names_a_setting_there_is():
+    import dataclasses
+
+    from rlhfkit.config import LIMITS, LabelConfig, ScoreArgs
+
+    classes = [PretrainConfig, SFTConfig, LabelConfig, RewardConfig, PPOConfig, DPOConfig, EvalConfig]
+    names = {f.name for cls in [*classes, ScoreArgs, GenerateArgs] for f in dataclasses.fields(cls)}
+    assert set(LIMITS) <= names, set(LIMITS) - names  # a misspelt name would check nothing

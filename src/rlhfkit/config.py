@@ -41,26 +41,18 @@ def _within(low, high, high_open=False):
 # from SFT), several of them silently.
 LIMITS = {
     **dict.fromkeys(
-        ["batch_size", "grad_accum", "mini_batch_size", "ppo_epochs", "iterations", "rounds", "n_labelers"],
+        """batch_size grad_accum mini_batch_size ppo_epochs iterations rounds n_labelers samples_per_prompt
+        max_new_tokens ptx_batch_size world_docs log_every eval_every hidden_size num_layers num_heads
+        intermediate_size kl_horizon num_samples best_of_n lora_alpha""".split(),
         _at_least(1),
     ),
-    **dict.fromkeys(
-        ["samples_per_prompt", "max_new_tokens", "ptx_batch_size", "world_docs", "log_every", "eval_every"],
-        _at_least(1),
-    ),
-    **dict.fromkeys(
-        ["hidden_size", "num_layers", "num_heads", "intermediate_size", "kl_horizon"], _at_least(1)
-    ),
-    **dict.fromkeys(["num_samples", "best_of_n", "lora_alpha"], _at_least(1)),
-    **dict.fromkeys(["k", "rloo_k", "max_len"], _at_least(2)),
-    **dict.fromkeys(["max_steps", "warmup_steps", "save_every", "sample_every", "lora_r"], _at_least(0)),
-    **dict.fromkeys(
-        ["lr", "vf_lr", "epochs", "target_kl", "cliprange", "cliprange_value", "beta"], _above(0)
-    ),
-    **dict.fromkeys(["weight_decay", "max_grad_norm", "kl_coef", "vf_coef", "ptx_coef"], _at_least(0)),
-    **dict.fromkeys(["labeler_noise", "margin", "center_rewards_coefficient", "temperature"], _at_least(0)),
-    **dict.fromkeys(["gamma", "lam", "label_noise"], _within(0, 1)),
-    **dict.fromkeys(["val_fraction", "lora_dropout", "ema_decay"], _within(0, 1, high_open=True)),
+    **dict.fromkeys("k rloo_k max_len".split(), _at_least(2)),
+    **dict.fromkeys("max_steps warmup_steps save_every sample_every lora_r".split(), _at_least(0)),
+    **dict.fromkeys("lr vf_lr epochs target_kl cliprange cliprange_value beta".split(), _above(0)),
+    **dict.fromkeys("weight_decay max_grad_norm kl_coef vf_coef ptx_coef".split(), _at_least(0)),
+    **dict.fromkeys("labeler_noise margin center_rewards_coefficient temperature".split(), _at_least(0)),
+    **dict.fromkeys("gamma lam label_noise".split(), _within(0, 1)),
+    **dict.fromkeys("val_fraction lora_dropout ema_decay".split(), _within(0, 1, high_open=True)),
     "label_smoothing": _within(0, 0.5, high_open=True),
     "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "vocab_size": _at_least(16),

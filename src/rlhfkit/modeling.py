@@ -84,10 +84,7 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
         )
     try:
         return loader.from_pretrained(str(path), **kwargs)
-    except (
-        OSError,
-        ValueError,
-    ) as err:  # a directory without the files raises either, depending on the loader
+    except (OSError, ValueError) as err:  # a directory without its files raises either, by loader
         where = "is not a directory here" if not local.exists() else "has no loadable files"
         raise FileNotFoundError(
             f"{what} {path!s} {where} ({str(err).splitlines()[0]}); give the directory a stage wrote, "
