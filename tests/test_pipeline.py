@@ -146,6 +146,17 @@ def test_resume_rebuilds_only_the_deleted_step(tiny_run, capsys):
     assert "ppo" in report["models"]
 
 
+def test_resuming_a_finished_run_does_nothing(tiny_run, capsys):
+    report = tiny_run / "eval" / "report.json"
+    before, timings = report.stat().st_mtime_ns, (tiny_run / "timings.json").read_text()
+    capsys.readouterr()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tiny_run), "--resume"]) == 0
+    console = console_text(capsys)
+    for step in (*STEPS, "dpo"):
+        assert f"{step}: finished earlier, skipped" in console, step
+    assert report.stat().st_mtime_ns == before and (tiny_run / "timings.json").read_text() == timings
+
+
 def test_print_config_shows_every_step(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--print-config"]) == 0
@@ -232,7 +243,13 @@ def test_fingerprints_follow_settings_and_parents(tmp_path):
     assert prints("--out", str(tmp_path / "elsewhere")) == base  # a moved run is the same run
     assert all(base[s] != other for s, other in prints("--seed", "1").items())
     changed = prints("--out", str(tmp_path / "a"), config={"reward": {"epochs": 1.0}})
-    assert {s for s in base if base[s] != changed[s]} == {"reward", "ppo", "ppo_ptx", "rloo"}  # not DPO
+    assert {s for s in base if base[s] != changed[s]} == {
+        "reward",
+        "ppo",
+        "ppo_ptx",
+        "rloo",
+        "eval",
+    }  # not DPO
 
 
 def test_resume_rebuilds_what_changed_settings_make_stale(tiny_run, tmp_path, capsys):

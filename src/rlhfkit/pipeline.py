@@ -267,12 +267,15 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     from rlhfkit.world import export_world
 
     corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
-    step(
-        "data",
-        (out / "data" / "eval_prompts.jsonl").exists(),
-        lambda: export_world(out / "data", n_docs=corpus_docs),
-    )
-    if step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"])):
+    ran = [
+        step(
+            "data",
+            (out / "data" / "eval_prompts.jsonl").exists(),
+            lambda: export_world(out / "data", n_docs=corpus_docs),
+        )
+    ]
+    ran.append(step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"])))
+    if ran[-1]:
         shutil.rmtree(out / "tokenizer", ignore_errors=True)  # (re)built: its tokenizer is the one to copy
     if not (out / "tokenizer").exists():
         shutil.copytree(
@@ -282,19 +285,24 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
                 n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
             ],
         )
-    step("sft", is_finished(out / "sft"), lambda: sft.run(steps["sft"]))
-    step("label", (out / "data" / "comparisons.jsonl").exists(), lambda: label.run(steps["label"]))
-    step("reward", is_finished(out / "reward"), lambda: reward.run(steps["reward"]))
+    ran.append(step("sft", is_finished(out / "sft"), lambda: sft.run(steps["sft"])))
+    ran.append(
+        step("label", (out / "data" / "comparisons.jsonl").exists(), lambda: label.run(steps["label"]))
+    )
+    ran.append(step("reward", is_finished(out / "reward"), lambda: reward.run(steps["reward"])))
     for method in (m for m in TRAINED_METHODS if m in cfg.methods):
         trainer = dpo.run if method == "dpo" else ppo.run
-        step(method, is_finished(out / method), lambda m=method, t=trainer: t(steps[m]))
-    step("eval", False, lambda: evaluate(steps["eval"]))
-    from rlhfkit.report import write_markdown
+        ran.append(step(method, is_finished(out / method), lambda m=method, t=trainer: t(steps[m])))
+    # The report stands while nothing it judges was (re)built: a finished run resumed does nothing.
+    evaluated = (out / "eval" / "report.json").exists() and not any(ran)
+    report = json.loads((out / "eval" / "report.json").read_text()) if evaluated else None
+    if step("eval", evaluated, lambda: evaluate(steps["eval"])):
+        from rlhfkit.report import write_markdown
 
-    report = json.loads((out / "eval" / "report.json").read_text())
-    report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
-    (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-    write_markdown(report, out / "eval" / "report.md", timings)
+        report = json.loads((out / "eval" / "report.json").read_text())
+        report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
+        (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+        write_markdown(report, out / "eval" / "report.md", timings)
     total, now = sum(timings.values()), time.time() - began
     took = (
         f"{now:.0f} s" if not cfg.resume else f"{now:.0f} s ({total:.0f} s of steps, earlier runs' included)"
@@ -319,6 +327,7 @@ PARENTS = {
     "ppo_ptx": ["sft", "reward"],
     "rloo": ["sft", "reward"],
     "dpo": ["sft", "label"],
+    "eval": ["pretrain", "sft", "reward", *TRAINED_METHODS],
 }
 
 
