@@ -215,3 +215,29 @@ def test_eval_samples_a_model_with_its_own_tokenizer_and_reports_no_kl(
 def test_report_numbers_never_show_minus_zero():
     # the k1 KL estimate of a model against itself can come out at -1e-9
     assert [report_module._fmt(v, 2) for v in (-0.001, -0.01, 0.0, None)] == ["0.00", "-0.01", "0.00", "—"]
+
+
+@pytest.mark.parametrize(
+    "judge, title",
+    [
+        ("held-out panel (embedded world)", "Held-out panel preference (95% CI)"),
+        ("reward model runs/x/reward", "Preference of the judge (95% CI)\nreward model runs/x/reward"),
+    ],
+)
+def test_the_win_rate_figure_names_its_judge(judge, title, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    titles, set_title = [], matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_title",
+        lambda ax, label, **kw: titles.append(label) or set_title(ax, label, **kw),
+    )
+    monkeypatch.setattr(report_module, "read_metrics", lambda path: [])
+    report = {
+        "models": {"sft": {"win_rate": 0.5, "win_rate_ci": [0.5, 0.5]}},
+        "reference": "sft",
+        "judge": judge,
+    }
+    write_figures(report, {"sft": str(tmp_path / "sft")}, tmp_path)
+    assert titles[0] == title

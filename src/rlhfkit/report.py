@@ -126,7 +126,11 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"win rate vs {report['reference']}")
-    ax.set_title("Held-out panel preference (95% CI)")
+    judge = report.get("judge", "held-out panel")
+    if judge.startswith("held-out panel"):
+        ax.set_title("Held-out panel preference (95% CI)")
+    else:  # a reward model judged (user prompts the world's panel cannot judge)
+        ax.set_title(f"Preference of the judge (95% CI)\n{judge}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "winrate.png", dpi=120)
     plt.close(fig)
