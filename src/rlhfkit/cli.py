@@ -38,10 +38,8 @@ STAGES: dict[str, tuple[type, str, str]] = {
 
 
 @dataclass
-class GenerateArgs(C.Settings):
+class ChatArgs(C.Settings):
     model: str = C.arg("runs/sft", "model directory")
-    prompt: list[str] = C.arg(None, "one or more prompts")
-    prompts_file: str | None = C.arg(None, "a {'prompt'} JSONL file instead of --prompt")
     chat: bool | None = C.arg(
         None, "format with the chat template (default: yes unless the model is pretrained-only)"
     )
@@ -49,6 +47,12 @@ class GenerateArgs(C.Settings):
     temperature: float = C.arg(0.7, "sampling temperature (0 = greedy)")
     top_p: float = C.arg(0.9, "nucleus sampling mass")
     seed: int = C.arg(0, "sampling seed")
+
+
+@dataclass
+class GenerateArgs(ChatArgs):
+    prompt: list[str] = C.arg(None, "one or more prompts")
+    prompts_file: str | None = C.arg(None, "a {'prompt'} JSONL file instead of --prompt")
     num_samples: int = C.arg(1, "answers per prompt")
     best_of_n: int = C.arg(1, "sample n answers and keep the reward model's favourite (needs --reward-model)")
     reward_model: str | None = C.arg(None, "reward model for --best-of-n")
@@ -68,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         C.add_arguments(sub.add_parser(name, help=description, description=description), cls)
     gen = sub.add_parser("generate", help="sample answers from a model")
     C.add_arguments(gen, GenerateArgs)
-    chat = sub.add_parser("chat", help="talk to a model interactively")
-    C.add_arguments(chat, GenerateArgs)
+    chat = sub.add_parser(
+        "chat",
+        help="talk to a model interactively",
+        description="Talk to a model, one prompt per line (each answered on its own: no history is kept).",
+    )
+    C.add_arguments(chat, ChatArgs)
     pipe = sub.add_parser(
         "pipeline", help="Step0 → Step3 and the evaluation on the embedded world, one command"
     )
@@ -102,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "generate":
             _generate(C.from_args(GenerateArgs, args))
         elif args.command == "chat":
-            _chat(C.from_args(GenerateArgs, args))
+            _chat(C.from_args(ChatArgs, args))
         elif args.command == "pipeline":
             from rlhfkit import pipeline
 
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_for_generation(args: GenerateArgs):
+def _load_for_generation(args: ChatArgs):
     from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm
     from rlhfkit.tokenizer import load_tokenizer
 
@@ -205,7 +213,7 @@ def _score(args: C.ScoreArgs) -> None:
         print(f"{reward:+.3f}  {response}")
 
 
-def _chat(args: GenerateArgs) -> None:
+def _chat(args: ChatArgs) -> None:
     from rlhfkit.rollout import generate_answers
 
     model, tokenizer, chat = _load_for_generation(args)
