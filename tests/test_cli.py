@@ -275,3 +275,8 @@ def test_chat_offers_only_the_options_it_uses(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["chat", "--model", "runs/sft", "--best-of-n", "4"])  # generate's option: chat has no reward model
     assert exit_.value.code == 2 and "unrecognized arguments: --best-of-n 4" in capsys.readouterr().err
+
+
+def test_a_world_export_with_another_seed_warns_of_the_eval_split(tmp_path, capsys):
+    main(["world", "export", "--out", str(tmp_path / "w"), "--seed", "1", "--docs", "50"])
+    assert "warning: --seed 1 draws other prompt splits" in capsys.readouterr().err

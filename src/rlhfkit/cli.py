@@ -120,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "world":
             from rlhfkit.world import export_world
 
+            if args.seed != 0:
+                print(
+                    f"warning: --seed {args.seed} draws other prompt splits than the seed-0 ones that `eval "
+                    "--prompts world` and the pipeline use: some of these SFT/RM/RL prompts are in that eval "
+                    "split, so do not evaluate models trained on this export with `--prompts world`",
+                    file=sys.stderr,
+                )
             docs = {} if args.docs is None else {"n_docs": args.docs}
             counts = export_world(args.out, seed=args.seed, **docs)
             for name, n in counts.items():
