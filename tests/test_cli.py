@@ -273,7 +273,9 @@ def test_an_error_is_one_line_however_long(tmp_path, capsys):
 
 def test_chat_offers_only_the_options_it_uses(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["chat", "--model", "runs/sft", "--best-of-n", "4"])  # generate's option: chat has no reward model
+        main(
+            ["chat", "--model", "runs/sft", "--best-of-n", "4"]
+        )  # generate's option: chat has no reward model
     assert exit_.value.code == 2 and "unrecognized arguments: --best-of-n 4" in capsys.readouterr().err
 
 

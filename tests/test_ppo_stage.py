@@ -389,3 +389,11 @@ def test_a_reward_model_that_barely_separates_answers_is_named(tiny_sft, tiny_re
     said = " ".join(capsys.readouterr().err.split())
     assert "[ppo] warning: the reward model's scores of the centring answers spread by only 0.0033" in said
     assert "(×303) unless given --no-scale-rewards" in said
+
+
+def test_the_saved_average_says_how_much_of_it_is_the_starting_policy(tiny_sft, tmp_path, capsys):
+    ppo.run(toy_config(tmp_path / "ppo", tiny_sft, iterations=1, ema_decay=0.9), toy_reward)
+    said = " ".join(capsys.readouterr().err.split())
+    assert (
+        "saved the EMA of the policy weights (decay 0.9 over 4 steps: 66% of it is still the starting" in said
+    )

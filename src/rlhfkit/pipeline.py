@@ -53,6 +53,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "mini_batch_size": 8,
             "max_new_tokens": 24,
             "save_every": 2,
+            "ema_decay": 0.0,  # 12 steps: an average at 0.992 would still be 91% the SFT model
         },
         "ppo_ptx": {"ptx_coef": 1.0},
         "eval": {"samples_per_prompt": 1, "max_new_tokens": 24},

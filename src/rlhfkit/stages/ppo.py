@@ -317,6 +317,13 @@ def run(cfg: PPOConfig, reward_fn=None):
     final = accelerator.unwrap_model(policy)
     if ema is not None:
         ema.copy_to(final)
+        # The average starts at the SFT weights: after n steps decay^n of it still is. Its KL to SFT (eval's) is
+        # therefore below the live policy's in metrics.jsonl; --ema-decay 0 saves the live policy instead.
+        n = cfg.iterations * steps_per_iteration
+        console.print(
+            f"[{cfg.algo}] saved the EMA of the policy weights (decay {cfg.ema_decay} over {n} steps: "
+            f"{cfg.ema_decay**n:.0%} of it is still the starting policy)"
+        )
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()
     if accelerator.is_main_process:
