@@ -292,7 +292,10 @@ class EvalConfig(Settings):
         [], "extra NAME=DIR runs whose metrics.jsonl go into curves.png (e.g. reward=runs/reward)"
     )
     best_of_n: list[int] = arg(
-        [], "also evaluate best-of-n from the reference model for these n (needs --reward-model)"
+        [],
+        "also evaluate best-of-n from the reference model for these n (needs --reward-model); the n share one "
+        "draw of max(n) samples per answer (best-of-4 = the best of its first 4), so a best-of-4 from '4 16' is "
+        "another draw than from '4' alone",
     )
     reward_model: str | None = arg(None, "reward model that picks the best of n")
     seed: int = arg(0, "sampling seed (the same for every model)")
