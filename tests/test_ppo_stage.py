@@ -389,6 +389,7 @@ def test_a_reward_model_that_barely_separates_answers_is_named(tiny_sft, tiny_re
     said = " ".join(capsys.readouterr().err.split())
     assert "[ppo] warning: the reward model's scores of the centring answers spread by only 0.0033" in said
     assert "(×303) unless given --no-scale-rewards" in said
+    assert "RL prompts: the embedded world's (--prompts FILE for yours)" in said  # no ptx text: no --ptx-data
 
 
 def test_the_saved_average_says_how_much_of_it_is_the_starting_policy(tiny_sft, tmp_path, capsys):

@@ -142,14 +142,17 @@ def run(cfg: PPOConfig, reward_fn=None):
     prompts = prompt_texts(cfg.prompts, "rl")
     ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
     # The defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts or text.
-    world = [
-        name
-        for name, used in (("RL prompts", cfg.prompts), ("ptx text", ptx_blocks and cfg.ptx_data))
+    world = {
+        name: flag
+        for name, used, flag in (
+            ("RL prompts", cfg.prompts, "--prompts"),
+            ("ptx text", ptx_blocks and cfg.ptx_data, "--ptx-data"),
+        )
         if used == "world"
-    ]
+    }
     if world:
         console.print(
-            f"[{cfg.algo}] {' and '.join(world)}: the embedded world's (--prompts / --ptx-data FILE for yours)"
+            f"[{cfg.algo}] {' and '.join(world)}: the embedded world's ({' / '.join(world.values())} FILE for yours)"
         )
 
     n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
