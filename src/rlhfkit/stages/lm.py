@@ -107,6 +107,7 @@ def train_lm(
     if accelerator.is_main_process:
         save_model(final, tokenizer, out, **meta, steps=max_steps, complete=True, settings=settings_of(cfg))
         remove_checkpoint(out)
+        console.print(f"[{stage}] saved to {out}")
     accelerator.wait_for_everyone()
     return final
 
