@@ -140,8 +140,8 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     panels = [
         ("loss", "LM loss (pretrain / SFT)"),
         ("val_accuracy", "reward model val accuracy"),
-        ("reward", "RL reward (RM score)"),
-        ("kl", "KL to SFT per answer"),
+        ("reward", "RL reward (centred RM score ÷ its std)"),
+        ("kl", "KL to SFT per answer (live policy)"),
     ]
     if any(any("reward_accuracy" in r for r in read_metrics(path)) for path in runs.values()):
         panels.append(("reward_accuracy", "DPO: pairs its implicit reward orders"))
