@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +35,13 @@ from rlhfkit.modeling import replace_dir
 
 # Messages hold [stage] prefixes and file[row 3] locations (no markup). Under torchrun / accelerate launch only
 # the first process (RANK 0) prints progress; errors are printed by every process (cli.main).
-console = Console(stderr=True, markup=False, quiet=int(os.environ.get("RANK", "0")) > 0)
+# Written to a file or pipe (a log), lines get 160 columns instead of rich's 80, which cut the progress bars' metrics.
+console = Console(
+    stderr=True,
+    markup=False,
+    quiet=int(os.environ.get("RANK", "0")) > 0,
+    width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160,
+)
 CHECKPOINT_DIR = "checkpoint"
 
 
