@@ -302,7 +302,8 @@ def test_conversation_prompts_reach_the_policy_whole(tiny_sft, tmp_path):
         reward,
     )
     assert seen and all(p[0] == system for p in seen)  # the system turn is part of every prompt
-    assert read_jsonl(out / "samples.jsonl")[0]["prompt"].endswith("有什么好玩的？")  # shown by its user turn
+    logged = read_jsonl(out / "samples.jsonl")[0]["prompt"]  # the whole conversation, system turn included
+    assert logged[0] == system and logged[-1]["content"].endswith("有什么好玩的？")
 
 
 def test_too_little_ptx_text_names_the_flag(tiny_sft, tmp_path):

@@ -483,18 +483,19 @@ def record(stats: dict[str, list[float]], **values) -> None:
 
 
 def log_samples(out: Path, tracker: Tracker, step: int, prompts, texts, scores, n: int = 4) -> None:
-    shown = [
-        p if isinstance(p, str) else p[-1]["content"] for p in prompts[:n]
-    ]  # a conversation: its last turn
+    # samples.jsonl keeps a conversation whole (its messages); TensorBoard shows its last turn.
     rows = [
         {"step": step, "prompt": p, "response": t, "score": round(float(s), 4)}
-        for p, t, s in zip(shown, texts[:n], scores[:n])
+        for p, t, s in zip(prompts[:n], texts[:n], scores[:n])
     ]
     with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    shown = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"] for r in rows]
     tracker.text(
-        step, "samples", "\n\n".join(f"**{r['prompt']}** → {r['response']} ({r['score']})" for r in rows)
+        step,
+        "samples",
+        "\n\n".join(f"**{p}** → {r['response']} ({r['score']})" for p, r in zip(shown, rows)),
     )
 
 
