@@ -14,6 +14,12 @@ from rlhfkit.stages import dpo
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 
 
+def training_config(out, policy, data, **kw) -> DPOConfig:
+    """A short DPO run on the tiny SFT model: β 1, no warm-up, every step logged, no checkpoints."""
+    values = dict(batch_size=8, beta=1.0, warmup_steps=0, max_len=64, log_every=1, save_every=0)
+    return DPOConfig(out=str(out), policy=str(policy), data=str(data), **{**values, **kw})
+
+
 def test_pair_index_weighs_every_ranking_the_same():
     rankings = [
         dpo.EncodedRanking([[1], [2], [3]], 1, [(0, 1), (0, 2), (1, 2)]),  # K=3, 3 pairs
@@ -28,19 +34,7 @@ def test_pair_index_weighs_every_ranking_the_same():
 
 def test_dpo_learns_the_rankings_and_saves_a_causal_lm(tiny_sft, tiny_comparisons, tmp_path):
     out = tmp_path / "dpo"
-    cfg = DPOConfig(
-        out=str(out),
-        policy=str(tiny_sft),
-        data=str(tiny_comparisons),
-        max_steps=60,
-        batch_size=8,
-        lr=3e-3,
-        beta=1.0,
-        warmup_steps=0,
-        max_len=64,
-        log_every=1,
-        save_every=0,
-    )
+    cfg = training_config(out, tiny_sft, tiny_comparisons, max_steps=60, lr=3e-3)
     dpo.run(cfg)
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 61))
@@ -114,19 +108,7 @@ def test_step_zero_log_ratios_are_zero_under_mixed_precision(precision, tiny_sft
     data = tmp_path / "rankings.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "dpo"
-    cfg = DPOConfig(
-        out=str(out),
-        policy=str(tiny_sft),
-        data=str(data),
-        mixed_precision=precision,
-        max_steps=1,
-        batch_size=8,
-        beta=1.0,
-        warmup_steps=0,
-        max_len=64,
-        log_every=1,
-        save_every=0,
-    )
+    cfg = training_config(out, tiny_sft, data, mixed_precision=precision, max_steps=1)
     dpo.run(cfg)
     [step] = read_jsonl(out / "metrics.jsonl")
     assert (step["chosen_reward"], step["rejected_reward"], step["reward_margin"]) == (0.0, 0.0, 0.0)

@@ -325,13 +325,14 @@ def _parse_pretrain(location: str, record: dict) -> str:
 
 
 def _parse_sft(location: str, record: dict) -> PromptCompletion:
-    if _has(record, "messages") and (_has(record, "prompt") or _has(record, "completion")):
-        raise _error(
-            location,
-            "messages",
-            'is given together with "prompt"/"completion", so it is unclear which conversation to learn',
-            'Keep one: "messages" (the whole conversation) or "prompt" + "completion"',
-        )
+    _alone(
+        location,
+        record,
+        "messages",
+        ["prompt", "completion"],
+        ", so it is unclear which conversation to learn",
+        'Keep one: "messages" (the whole conversation) or "prompt" + "completion"',
+    )
     if _has(record, "messages"):
         turns = _messages(location, "messages", record["messages"])
         prompt = _last_user(location, "messages", turns)
@@ -399,13 +400,14 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
     sampled = _has(record, "ended")
     responses = [_text(location, f"responses[{i}]", r, allow_empty=sampled) for i, r in enumerate(responses)]
 
-    if _has(record, "ranking") and _has(record, "ranks"):
-        raise _error(
-            location,
-            "ranks",
-            'is given together with "ranking"',
-            'Keep one of "ranking" (indices, best first) or "ranks" (1 = best)',
-        )
+    _alone(
+        location,
+        record,
+        "ranks",
+        ["ranking"],
+        "",
+        'Keep one of "ranking" (indices, best first) or "ranks" (1 = best)',
+    )
     if _has(record, "ranking"):
         ranking = _ints(location, "ranking", record["ranking"])
         if sorted(ranking) != list(range(k)):
@@ -512,13 +514,14 @@ def _parse_pairwise(location: str, record: dict) -> Ranked:
 
 def _parse_prompt(location: str, record: dict) -> Prompt:
     meta = {key: value for key, value in record.items() if key != "prompt"}
-    if _has(record, "prompt") and _has(record, "messages"):
-        raise _error(
-            location,
-            "messages",
-            'is given together with "prompt", so it is unclear which the model should answer',
-            'Keep one: "prompt" (text, or a list of turns) or "messages" (the conversation to answer)',
-        )
+    _alone(
+        location,
+        record,
+        "messages",
+        ["prompt"],
+        ", so it is unclear which the model should answer",
+        'Keep one: "prompt" (text, or a list of turns) or "messages" (the conversation to answer)',
+    )
     if _has(record, "prompt"):
         prompt, prompt_turns = _prompt(location, record)
         if prompt_turns is not None:
@@ -541,6 +544,13 @@ def _error(location: str, name: str, problem: str, fix: str) -> DataError:
 def _has(record: dict, key: str) -> bool:
     # null counts as absent: columnar files (parquet, csv) fill a column a row does not use with null
     return record.get(key) is not None
+
+
+def _alone(location: str, record: dict, key: str, others: list[str], why: str, fix: str) -> None:
+    """Refuse `key` given together with any of `others`: one of the two would be silently ignored."""
+    if _has(record, key) and any(_has(record, other) for other in others):
+        together = "/".join(f'"{other}"' for other in others)
+        raise _error(location, key, f"is given together with {together}{why}", fix)
 
 
 def _field(location: str, record: dict, key: str) -> Any:

@@ -133,9 +133,9 @@ def run(cfg: PPOConfig, reward_fn=None):
             .to(device)
         )
         check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}", cfg.reward_model)
-        std = float(getattr(reward_model.config, "reward_std", 1.0) or 1.0)
-        if cfg.scale_rewards and std < NARROW_REWARD_STD:
-            console.print(f"[{cfg.algo}] warning: {narrow_rewards(std)}")
+        _, scale = reward_units(reward_model.config, cfg)  # 1 without --scale-rewards
+        if scale < NARROW_REWARD_STD:
+            console.print(f"[{cfg.algo}] warning: {narrow_rewards(scale)}")
     value_model = None
     if cfg.algo == "ppo":
         value_model = make_value_model(cfg, policy, tokenizer)
