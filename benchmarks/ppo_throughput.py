@@ -4,8 +4,9 @@
 
 Everything runs on the same random-init models, tokenizer and prompts, with the same settings (`Settings`):
   1. sampling — HF `model.generate(do_sample=True)` vs rlhfkit `sample(fast=True)` (the lean Llama loop,
-     `FastSampler`) vs `sample(fast=False)` (the same Python loop over the HF forward + KV cache): generated
-     tokens/s and ms per decoding step at batch 16 and 64; and FastSampler's logits vs the HF forward's for the
+     `FastSampler`) vs `sample(compiled=True)` (its decoding step and token pick under torch.compile; the first
+     call, which compiles, is timed apart) vs `sample(fast=False)` (the same Python loop over the HF forward + KV
+     cache): generated tokens/s and ms per decoding step at batch 16 and 64; and FastSampler's logits vs the HF forward's for the
      same prefixes (max |Δ|), which is what "same outputs in distribution" rests on.
   2. training — episodes/s and generated tokens/s of the rollout (the sampling call) and of score+update (RM,
      value, reference and old-policy forwards, advantages, the clipped minibatch updates) for
@@ -186,10 +187,12 @@ def bench_sampling(
         new = out[:, input_ids.shape[1] :]
         return new.shape[1], float((new == eos).any(1).float().mean())
 
-    def rlhfkit_sample(fast):
+    def rlhfkit_sample(fast, compiled=False):
         def run(seed):
             g = torch.Generator().manual_seed(seed)
-            b = sample(model, ids, eos, pad, s.max_new_tokens, s.temperature, 1.0, g, fast=fast)
+            b = sample(
+                model, ids, eos, pad, s.max_new_tokens, s.temperature, 1.0, g, fast=fast, compiled=compiled
+            )
             return b.responses.shape[1], float(b.ended.float().mean())
 
         return run
@@ -197,8 +200,10 @@ def bench_sampling(
     methods = {
         "HF model.generate": hf_generate,
         "rlhfkit sample(fast=True)": rlhfkit_sample(True),
+        "rlhfkit sample(compiled=True)": rlhfkit_sample(True, compiled=True),
         "rlhfkit sample(fast=False)": rlhfkit_sample(False),
     }
+    first_call: dict[str, float] = {}  # rep 0, not counted: includes torch.compile's compilation
     times: dict[str, list[float]] = {m: [] for m in methods}
     steps: dict[str, list[int]] = {m: [] for m in methods}
     ended: dict[str, list[float]] = {m: [] for m in methods}
@@ -207,7 +212,9 @@ def bench_sampling(
             start = time.perf_counter()
             n, e = fn(1000 + rep)
             elapsed = time.perf_counter() - start
-            if rep:
+            if not rep:
+                first_call[name] = elapsed
+            else:
                 times[name].append(elapsed)
                 steps[name].append(n)
                 ended[name].append(e)
@@ -225,6 +232,7 @@ def bench_sampling(
                 "ms_per_step": 1000 * t / n,
                 "eos_fraction": statistics.mean(ended[name]),
                 "repeats": reps,
+                "first_call_seconds": first_call[name],
             }
         )
     base = rows[0]["tokens_per_s"]
@@ -470,7 +478,18 @@ def print_tables(report: dict) -> None:
         title=f"Sampling: generated tokens/s (median of {settings['sampling_repeats']}), max_new_tokens "
         f"{settings['max_new_tokens']}, T=1, fp32, {machine['torch_threads']} threads"
     )
-    for col in ("model", "batch", "method", "tokens/s", "ms/step", "× generate", "EOS rows", "other load"):
+    columns = (
+        "model",
+        "batch",
+        "method",
+        "tokens/s",
+        "ms/step",
+        "× generate",
+        "first call s",
+        "EOS rows",
+        "other load",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for row in report["sampling"]:
         table.add_row(
@@ -480,6 +499,7 @@ def print_tables(report: dict) -> None:
             f"{row['tokens_per_s']:,.0f}",
             f"{row['ms_per_step']:.2f}",
             f"{row['speedup_vs_generate']:.2f}",
+            f"{row['first_call_seconds']:.1f}",
             f"{row['eos_fraction']:.0%}",
             load_cell(row["other_load"]),
         )
@@ -555,8 +575,8 @@ def load_cell(cores: float | None) -> str:
 def targets(report: dict) -> dict:
     out: dict = {"sampling_3x_generate": {}, "faster_than_peers": {}, "summary": []}
     for row in report["sampling"]:
-        if row["method"] == "rlhfkit sample(fast=True)":
-            key = f"{row['model']} batch {row['batch']}"
+        if row["method"] in ("rlhfkit sample(fast=True)", "rlhfkit sample(compiled=True)"):
+            key = f"{row['model']} batch {row['batch']}, {row['method'].removeprefix('rlhfkit ')}"
             out["sampling_3x_generate"][key] = {
                 "speedup": row["speedup_vs_generate"],
                 "met": row["speedup_vs_generate"] >= 3,

@@ -250,6 +250,9 @@ def test_fingerprints_follow_settings_and_parents(tmp_path):
         "rloo",
         "eval",
     }  # not DPO
+    # how a step runs is not what it makes: compiling the sampler leaves every step as it was
+    compiled = {step: {"compile_sampler": True} for step in ("label", "ppo", "ppo_ptx", "rloo", "eval")}
+    assert prints("--out", str(tmp_path / "a"), config=compiled) == base
 
 
 def test_resume_rebuilds_what_changed_settings_make_stale(tiny_run, tmp_path, capsys):

@@ -118,7 +118,9 @@ def bootstrap_ci(values: list[float], groups: list[int], n_boot: int = 1000, see
 
 
 @torch.no_grad()
-def kl_to_reference(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> float:
+def kl_to_reference(
+    model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int, compiled: bool = False
+) -> float:
     """KL(π ‖ π_ref) per answer: mean over samples y ~ π (T = 1) of Σ_t log π(y_t) − log π_ref(y_t)."""
     from rlhfkit.rollout import encode_prompts, response_logprobs, sample
 
@@ -134,6 +136,7 @@ def kl_to_reference(model, ref_model, tokenizer, prompts: list[str], max_new_tok
             1.0,
             1.0,
             generator,
+            compiled=compiled,
         )
         logratio = (
             response_logprobs(model, batch) - response_logprobs(ref_model, batch)
@@ -178,6 +181,7 @@ def best_of_n(
     temperature: float = 0.7,
     top_p: float = 0.9,
     seed: int = 0,
+    compiled: bool = False,
 ):
     """Sample n answers per prompt and keep the one the reward model scores highest (Stiennon et al. 2020).
     Its KL from the sampling policy is log n − (n−1)/n (`losses.best_of_n_kl`).
@@ -190,7 +194,9 @@ def best_of_n(
     ns = [n] if isinstance(n, int) else list(n)
     most = max(ns)
     repeated = [p for p in prompts for _ in range(most)]
-    answers = generate_answers(model, tokenizer, repeated, chat, max_new_tokens, temperature, top_p, seed)
+    answers = generate_answers(
+        model, tokenizer, repeated, chat, max_new_tokens, temperature, top_p, seed, compiled=compiled
+    )
     rewards = score_responses(
         reward_model, tokenizer, repeated, [a for a, _ in answers], [e for _, e in answers]
     ).view(len(prompts), most)
@@ -274,12 +280,15 @@ def run(cfg):
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 seed=cfg.seed,
+                compiled=cfg.compile_sampler,
             )
             answers[name] = answer(repeated)
             seed_answers[name] = answer(seed_prompts) if seed_prompts else []
             stats = {
                 **length_and_eos(answers[name]),
-                "kl_to_sft": kl_to_reference(model, kl_ref, tokenizer, prompts, cfg.max_new_tokens, cfg.seed)
+                "kl_to_sft": kl_to_reference(
+                    model, kl_ref, tokenizer, prompts, cfg.max_new_tokens, cfg.seed, cfg.compile_sampler
+                )
                 if chat and shared
                 else None,
                 "pretrain_ppl": perplexity(model, own, heldout) if heldout else None,
@@ -310,6 +319,7 @@ def run(cfg):
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 seed=cfg.seed + 1,
+                compiled=cfg.compile_sampler,
             )
             picked = pick(repeated)
             seed_picked = pick(seed_prompts) if seed_prompts else {k: [] for k in ns}

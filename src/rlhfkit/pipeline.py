@@ -333,14 +333,15 @@ PARENTS = {
 
 
 def fingerprints(cfg: PipelineConfig, steps: dict) -> dict[str, dict]:
-    """Per step: its settings (less the paths that only chain it under `out`, and `resume`), its parents'
+    """Per step: its settings (less the paths that only chain it under `out`, and `config.HOW_IT_RUNS`), its parents'
     fingerprints, and a hash of both — so a step's fingerprint changes when anything it was built from does."""
     derived, prints = derived_settings(cfg), {}
     for name, parents in PARENTS.items():
         settings = {
             k: v
             for k, v in dataclasses.asdict(steps[name]).items()
-            if k != "resume" and not (k in derived[name] and k not in RUN_WIDE and v == derived[name][k])
+            if k not in C.HOW_IT_RUNS
+            and not (k in derived[name] and k not in RUN_WIDE and v == derived[name][k])
         }
         record = {"settings": settings, "parents": {p: prints[p]["fingerprint"] for p in parents}}
         text = json.dumps(record, sort_keys=True, default=str)

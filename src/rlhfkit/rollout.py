@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,33 +62,52 @@ def sample(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     fast: bool = True,
+    compiled: bool = False,
 ) -> SampleBatch:
-    """Sample one response per prompt until EOS or `max_new_tokens` (whole batch stops when all rows ended)."""
+    """Sample one response per prompt until EOS or `max_new_tokens` (whole batch stops when all rows ended).
+
+    `compiled` runs FastSampler's decoding step under torch.compile: the same tokens from the same generator up
+    to float rounding, faster per step, after a compilation per batch shape (~10–15 s on a 2-core CPU)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {max_new_tokens}: an answer needs at least one token")
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    sampler = FastSampler.for_model(model, max_length=ids.shape[1] + max_new_tokens) if fast else None
-    step = sampler.stepper(ids, mask, max_new_tokens) if sampler else _hf_stepper(model, ids, mask)
+    total = ids.shape[1] + max_new_tokens
+    sampler = FastSampler.for_model(model, max_length=total) if fast or compiled else None
+    if sampler is None:
+        step = _hf_stepper(model, ids, mask)
+    else:
+        # A compiled step serves one shape: round the cache width up so that prompts of similar length share it.
+        width = -(-total // COMPILED_WIDTH_STEP) * COMPILED_WIDTH_STEP if compiled else total
+        step = sampler.stepper(ids, mask, max_new_tokens, width)
+
+    def advance(token):  # the token after `token`
+        if sampler is not None and compiled:
+            u = None if temperature <= 0 else uniforms(token.shape[0], generator, device)
+            return step.advance(token, u, temperature, top_p)
+        return sample_token(step(token), temperature, top_p, generator)
+
     B = ids.shape[0]
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
-    logits = step(None)  # prefill: logits of the next token after each prompt
+    token = sample_token(step(None), temperature, top_p, generator)  # prefill, and the first token
     n = 0
     for n in range(max_new_tokens):
-        token = sample_token(logits, temperature, top_p, generator)
         token = torch.where(ended, torch.full_like(token, pad_id), token)
         out[:, n] = token
         ended |= token == eos_id
         if bool(ended.all()) or n == max_new_tokens - 1:
             break
-        logits = step(token)
+        token = advance(token)
     out = out[:, : n + 1]  # trim columns nobody used
     response_mask = response_mask_from(out, eos_id, pad_id, ended)
     sequences = torch.cat([ids, out], dim=1)
     attention_mask = torch.cat([mask, response_mask], dim=1)
     return SampleBatch(sequences, attention_mask, response_mask, prompt_width=ids.shape[1], ended=ended)
+
+
+COMPILED_WIDTH_STEP = 32  # cache widths of compiled sampling are multiples of this
 
 
 def response_mask_from(
@@ -103,7 +123,21 @@ def response_mask_from(
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """One token per row from softmax(logits / T), restricted to the top-p nucleus. (B, V) -> (B,)
+    """One token per row from softmax(logits / T), restricted to the top-p nucleus. (B, V) -> (B,)"""
+    u = None if temperature <= 0 else uniforms(logits.shape[0], generator, logits.device)
+    return pick_token(logits, temperature, top_p, u)
+
+
+def uniforms(n: int, generator, device) -> torch.Tensor:
+    """The one uniform number per row that `pick_token` turns into a token. (n, 1)"""
+    return torch.rand((n, 1), generator=generator, device=device, dtype=torch.float32)
+
+
+def pick_token(
+    logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None
+) -> torch.Tensor:
+    """The token whose cumulative probability first exceeds u (per row), in softmax(logits / T) restricted to the
+    top-p nucleus; argmax when T <= 0.
 
     Inverse-CDF sampling: one uniform number per row, found in the row's cumulative distribution. This is the
     same distribution as `torch.multinomial`, which draws one exponential number per vocabulary entry instead and
@@ -118,8 +152,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
         outside = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
         probs = probs.masked_fill(outside, 0.0)
     cdf = probs.cumsum(-1)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf[:, :-1].contiguous(), u, right=True).squeeze(1)  # first cdf above u
+    token = torch.searchsorted(cdf[:, :-1].contiguous(), u * cdf[:, -1:], right=True).squeeze(1)
     return token if order is None else order.gather(1, token.unsqueeze(1)).squeeze(1)
 
 
@@ -165,15 +198,10 @@ class FastSampler:
     def __init__(self, model):
         cfg = model.config
         trunk = model.model
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.eps = cfg.rms_norm_eps
-        self.embed = trunk.embed_tokens.weight
-        self.layers = []
+        layers = []
         for layer in trunk.layers:
             a, m = layer.self_attn, layer.mlp
-            self.layers.append(
+            layers.append(
                 (
                     layer.input_layernorm.weight,
                     torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
@@ -187,11 +215,18 @@ class FastSampler:
                     m.down_proj.bias,
                 )
             )
-        self.norm = trunk.norm.weight
-        self.lm_head = model.lm_head.weight
+        self.weights = _Weights(
+            embed=trunk.embed_tokens.weight,
+            layers=tuple(layers),
+            norm=trunk.norm.weight,
+            lm_head=model.lm_head.weight,
+            n_heads=cfg.num_attention_heads,
+            n_kv=cfg.num_key_value_heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            eps=cfg.rms_norm_eps,
+        )
         self.inv_freq = trunk.rotary_emb.inv_freq.float()
         self.rope_scale = float(getattr(trunk.rotary_emb, "attention_scaling", 1.0))
-        self.max_positions = cfg.max_position_embeddings
 
     @classmethod
     def for_model(cls, model, max_length: int | None = None) -> FastSampler | None:
@@ -224,75 +259,157 @@ class FastSampler:
             return None
         return cls(model)
 
-    def _rms(self, x, w):
-        return F.rms_norm(x.float(), (x.shape[-1],), w.float(), self.eps).to(x.dtype)
+    def stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, width: int | None = None):
+        """A `Decoding` of this batch: step(None) runs the prefill, step(token) one decoding step; each returns
+        the next-token logits. `width` (≥ prompt + new tokens) sizes the KV cache."""
+        return Decoding(self, ids, mask, width or ids.shape[1] + max_new_tokens)
 
-    def stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
-        """Returns step(token) -> next-token logits; step(None) runs the prefill."""
+
+class _Weights(NamedTuple):
+    """A Llama-family model's weights as `_forward` reads them (a tuple, so that torch.compile takes it as input)."""
+
+    embed: torch.Tensor
+    layers: tuple  # per layer: ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gate_up, b_gate_up, w_down, b_down
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+
+
+class Decoding:
+    """One batch being decoded by a `FastSampler`: its static KV cache, key mask, RoPE table and positions."""
+
+    def __init__(self, sampler: FastSampler, ids: torch.Tensor, mask: torch.Tensor, width: int):
+        w = sampler.weights
         B, P = ids.shape
-        total = P + max_new_tokens
-        dtype, device = self.embed.dtype, ids.device
-        caches = [
+        dtype, device = w.embed.dtype, ids.device
+        self.weights, self.ids, self.mask, self.width = w, ids, mask, width
+        self.caches = tuple(
             (
-                torch.zeros(B, self.n_kv, total, self.head_dim, dtype=dtype, device=device),
-                torch.zeros(B, self.n_kv, total, self.head_dim, dtype=dtype, device=device),
+                torch.zeros(B, w.n_kv, width, w.head_dim, dtype=dtype, device=device),
+                torch.zeros(B, w.n_kv, width, w.head_dim, dtype=dtype, device=device),
             )
-            for _ in self.layers
-        ]
+            for _ in w.layers
+        )
         # Which keys are real, as an additive mask (0 / -inf) that SDPA takes without converting it at every
         # layer: the prompt's real tokens now, each generated column as it is written.
-        key_bias = torch.full((B, total), float("-inf"), dtype=dtype, device=device)
-        key_bias[:, :P].masked_fill_(mask.bool(), 0.0)
-        pos = position_ids(mask)
-        # cos / sin of every position this batch can reach, computed once: (total, D)
-        freqs = torch.arange(total, device=device).float().unsqueeze(-1) * self.inv_freq
+        self.key_bias = torch.full((B, width), float("-inf"), dtype=dtype, device=device)
+        self.key_bias[:, :P].masked_fill_(mask.bool(), 0.0)
+        self.positions = position_ids(mask)
+        # cos / sin of every position this batch can reach, computed once: (width, D)
+        freqs = torch.arange(width, device=device).float().unsqueeze(-1) * sampler.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
-        rope = ((emb.cos() * self.rope_scale).to(dtype), (emb.sin() * self.rope_scale).to(dtype))
-        state = {"length": 0, "next_pos": pos[:, -1] + 1}
+        self.rope = ((emb.cos() * sampler.rope_scale).to(dtype), (emb.sin() * sampler.rope_scale).to(dtype))
+        self.length = 0  # cache columns written
+        self.next_pos = self.positions[:, -1] + 1
 
-        def step(token):
-            if token is None:
-                x_ids, positions, start = ids, pos, 0
-                # (B, 1, P, P): a query sees real keys at or before its own column
-                causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-                attn_mask = mask.bool()[:, None, None, :] & causal[None, None]
-                attn_mask[..., 0] |= ~attn_mask.any(-1)  # fully padded query rows: avoid NaN, result unused
-            else:
-                x_ids, positions, start = token.unsqueeze(1), state["next_pos"].unsqueeze(1), state["length"]
-                key_bias[:, start] = 0.0
-                state["next_pos"] = state["next_pos"] + 1
-                attn_mask = key_bias[:, None, None, : start + 1]  # one query: every real key so far
-            end = start + x_ids.shape[1]
-            state["length"] = end
-            return self._forward(x_ids, positions, rope, caches, start, end, attn_mask)[:, -1].float()
+    def __call__(self, token: torch.Tensor | None) -> torch.Tensor:
+        """Next-token logits (B, V) after the prompt (token None: the prefill) or after one more token."""
+        if token is None:
+            P = self.ids.shape[1]
+            # (B, 1, P, P): a query sees real keys at or before its own column
+            causal = torch.ones(P, P, dtype=torch.bool, device=self.ids.device).tril()
+            attn_mask = self.mask.bool()[:, None, None, :] & causal[None, None]
+            attn_mask[..., 0] |= ~attn_mask.any(-1)  # fully padded query rows: avoid NaN, result unused
+            x_ids, positions, cols = self.ids, self.positions, torch.arange(P, device=self.ids.device)
+            keys = P
+        else:
+            x_ids, (positions, cols) = token.unsqueeze(1), self._next_column()
+            keys = self.length
+            attn_mask = self.key_bias[:, None, None, :keys]  # one query: every real key so far
+        self.length = max(self.length, keys)
+        logits = _forward(self.weights, x_ids, positions, self.rope, self.caches, cols, keys, attn_mask)
+        return logits[:, -1].float()
 
-        return step
+    def advance(
+        self, token: torch.Tensor, u: torch.Tensor | None, temperature: float, top_p: float
+    ) -> torch.Tensor:
+        """One decoding step and the pick of the token after it, compiled (`pick_token` with uniforms `u`).
 
-    def _forward(self, x_ids, positions, rope, caches, start, end, attn_mask):
-        B, t = x_ids.shape
-        x = F.embedding(x_ids, self.embed)
-        cos, sin = rope[0][positions].unsqueeze(2), rope[1][positions].unsqueeze(2)  # (B, t, 1, D)
-        nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        half = hd // 2
-        for layer, (k_cache, v_cache) in zip(self.layers, caches):
-            ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gu, b_gu, w_down, b_down = layer
-            qkv = F.linear(self._rms(x, ln1), w_qkv, b_qkv).view(B, t, nq + 2 * nkv, hd)
-            # RoPE on queries and keys together: x·cos + rotate_half(x)·sin
-            qk = qkv[:, :, : nq + nkv]
-            rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
-            qk = (qk * cos + rotated * sin).transpose(1, 2)  # (B, nq + nkv, t, hd)
-            q = qk[:, :nq]
-            k_cache[:, :, start:end] = qk[:, nq:]
-            v_cache[:, :, start:end] = qkv[:, :, nq + nkv :].transpose(1, 2)
-            keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
-            if nkv != nq:
-                keys = keys.repeat_interleave(nq // nkv, dim=1)
-                values = values.repeat_interleave(nq // nkv, dim=1)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, t, nq * hd), w_o, b_o)
-            gate, up = F.linear(self._rms(x, ln2), w_gu, b_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down, b_down)
-        return F.linear(self._rms(x, self.norm), self.lm_head)
+        The compiled graph has static shapes: it attends over the whole cache width (unwritten columns masked),
+        so one compilation serves every step of every batch of this shape."""
+        positions, cols = self._next_column()
+        attn_mask = self.key_bias[:, None, None, :]
+        return _compiled_decode()(
+            self.weights, token, positions, self.rope, self.caches, cols, attn_mask, u, temperature, top_p
+        )
+
+    def _next_column(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token's positions (B, 1) and cache column (a 1-element tensor), which is marked real."""
+        col, positions = self.length, self.next_pos
+        self.key_bias[:, col] = 0.0
+        self.length, self.next_pos = col + 1, positions + 1
+        return positions.unsqueeze(1), torch.tensor([col], device=self.ids.device)
+
+
+def _rms(x, weight, eps):
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+def _forward(w: _Weights, x_ids, positions, rope, caches, cols, keys: int | None, attn_mask):
+    """Logits (B, t, V) of tokens `x_ids` at `positions`, writing their keys/values into cache columns `cols` and
+    attending over the first `keys` columns (None: all of them, the compiled decoding step)."""
+    B, t = x_ids.shape
+    x = F.embedding(x_ids, w.embed)
+    cos, sin = rope[0][positions].unsqueeze(2), rope[1][positions].unsqueeze(2)  # (B, t, 1, D)
+    nq, nkv, hd = w.n_heads, w.n_kv, w.head_dim
+    half = hd // 2
+    for layer, (k_cache, v_cache) in zip(w.layers, caches):
+        ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gu, b_gu, w_down, b_down = layer
+        qkv = F.linear(_rms(x, ln1, w.eps), w_qkv, b_qkv).view(B, t, nq + 2 * nkv, hd)
+        # RoPE on queries and keys together: x·cos + rotate_half(x)·sin
+        qk = qkv[:, :, : nq + nkv]
+        rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+        qk = (qk * cos + rotated * sin).transpose(1, 2)  # (B, nq + nkv, t, hd)
+        q = qk[:, :nq]
+        k_cache.index_copy_(2, cols, qk[:, nq:])
+        v_cache.index_copy_(2, cols, qkv[:, :, nq + nkv :].transpose(1, 2))
+        keys_, values = (k_cache, v_cache) if keys is None else (k_cache[:, :, :keys], v_cache[:, :, :keys])
+        if nkv != nq:
+            keys_ = keys_.repeat_interleave(nq // nkv, dim=1)
+            values = values.repeat_interleave(nq // nkv, dim=1)
+        if keys is None:  # written out: inductor fuses it, while SDPA's CPU kernel is slow for one query
+            scores = (q @ keys_.transpose(-1, -2)).float() * hd**-0.5 + attn_mask
+            a = torch.softmax(scores, dim=-1).to(values.dtype) @ values
+        else:
+            a = F.scaled_dot_product_attention(q, keys_, values, attn_mask=attn_mask)
+        x = x + F.linear(a.transpose(1, 2).reshape(B, t, nq * hd), w_o, b_o)
+        gate, up = F.linear(_rms(x, ln2, w.eps), w_gu, b_gu).chunk(2, dim=-1)
+        x = x + F.linear(F.silu(gate) * up, w_down, b_down)
+    return F.linear(_rms(x, w.norm, w.eps), w.lm_head)
+
+
+def _decode_and_pick(w, token, positions, rope, caches, cols, attn_mask, u, temperature, top_p):
+    logits = _forward(w, token.unsqueeze(1), positions, rope, caches, cols, None, attn_mask)[:, -1].float()
+    return pick_token(logits, temperature, top_p, u)
+
+
+_COMPILED = {}
+
+
+def _compiled_decode():
+    """`_decode_and_pick` under torch.compile, one per process (it recompiles for each new batch shape). Where
+    compiling fails (no C++ compiler, an unsupported device), it says so once and runs uncompiled."""
+    if "fn" not in _COMPILED:
+        compiled = torch.compile(_decode_and_pick, dynamic=False)
+
+        def run(*args):
+            if _COMPILED.get("failed"):
+                return _decode_and_pick(*args)
+            try:
+                return compiled(*args)
+            except Exception as e:  # torch._dynamo / inductor errors; a real bug fails again uncompiled
+                from rlhfkit.training import console
+
+                _COMPILED["failed"] = True
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                console.print(f"warning: compiled sampling unavailable ({reason}); sampling uncompiled")
+                return _decode_and_pick(*args)
+
+        _COMPILED["fn"] = run
+    return _COMPILED["fn"]
 
 
 def _fused_bias(*linears) -> torch.Tensor | None:
@@ -352,6 +469,7 @@ def generate_answers(
     top_p: float = 0.9,
     seed: int = 0,
     batch_size: int = 64,
+    compiled: bool = False,
 ) -> list[tuple[str, bool]]:
     """(answer text, ended with EOS) for each prompt, sampled in batches with a fixed seed."""
     was_training = model.training
@@ -369,6 +487,7 @@ def generate_answers(
             temperature,
             top_p,
             generator,
+            compiled=compiled,
         )
         answers.extend(zip(decode_responses(tokenizer, batch), batch.ended.tolist()))
     model.train(was_training)

@@ -74,6 +74,7 @@ def run(cfg: LabelConfig) -> Path:
                 cfg.temperature,
                 cfg.top_p,
                 generator,
+                compiled=cfg.compile_sampler,
             )
             texts, ended = decode_responses(tokenizer, batch), batch.ended.tolist()
             for j, prompt in enumerate(chunk):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import TrainArgs
+from rlhfkit.config import HOW_IT_RUNS, TrainArgs
 from rlhfkit.losses import lm_loss
 from rlhfkit.modeling import save_model
 from rlhfkit.training import (
@@ -127,8 +127,8 @@ def collate(examples: list[LMExample], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def settings_of(cfg) -> dict:
-    """A stage's settings as saved in its rlhfkit.json (resume is how it ran, not what it made)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"}
+    """A stage's settings as saved in its rlhfkit.json (less `config.HOW_IT_RUNS`: how it ran, not what it made)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in HOW_IT_RUNS}
 
 
 def finished_earlier(cfg, stage: str) -> bool:

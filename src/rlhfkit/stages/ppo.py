@@ -208,6 +208,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                 cfg.temperature,
                 cfg.top_p,
                 generator,
+                compiled=cfg.compile_sampler,
             )
             texts = decode_responses(tokenizer, batch)
             mask = batch.response_mask.float()  # (B, R)
