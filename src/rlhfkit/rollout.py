@@ -9,7 +9,8 @@ Prompts are left-padded so every response starts at column P; position ids count
 changes nothing. Sampling tiny models with `model.generate` is overhead-bound (6–14 ms per decoding step where the
 arithmetic needs < 1 ms), so for Llama-family models (Llama, Mistral, Qwen2 — the same block) sampling runs a lean
 loop over the model's own weights: fused QKV and gate/up matrices, a preallocated static KV cache, and no per-step
-Python beyond the layer loop. `FastSampler` is tested to give the same logits as the HF forward for the same
+Python beyond the layer loop; `sample(compiled=True)` (`--compile-sampler`) also runs each decoding step and its
+token pick under torch.compile. `FastSampler` is tested to give the same logits as the HF forward for the same
 prefix; any other architecture, and any config option it does not reproduce (see `FastSampler.for_model`), samples
 through the HF forward with its KV cache.
 """
@@ -67,7 +68,7 @@ def sample(
     """Sample one response per prompt until EOS or `max_new_tokens` (whole batch stops when all rows ended).
 
     `compiled` runs FastSampler's decoding step under torch.compile: the same tokens from the same generator up
-    to float rounding, faster per step, after a compilation per batch shape (~10–15 s on a 2-core CPU)."""
+    to float rounding, faster per step, after a compilation per batch shape (10–20 s on a 2-core CPU)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {max_new_tokens}: an answer needs at least one token")
     device = next(model.parameters()).device
