@@ -412,3 +412,25 @@ def test_compiled_sampling_falls_back_when_compiling_fails(monkeypatch, capsys):
     assert printed.count("compiled sampling unavailable (InvalidCxxCompiler") == 1
     assert torch.equal(draws[0].sequences, draws[2].sequences)
     assert torch.equal(draws[1].sequences, draws[2].sequences)
+
+
+def test_nucleus_shortlist_gives_the_full_sorts_nucleus():
+    """The top-64 shortlist is used where it holds the nucleus (peaked rows) and gives the full sort's result;
+    a batch with a flat row falls back to the full sort. Both: the smallest top set reaching top_p."""
+    from rlhfkit.rollout import nucleus
+
+    torch.manual_seed(0)
+    peaked = torch.softmax(torch.randn(8, 3000) * 4, dim=-1)
+    flat = torch.softmax(torch.randn(8, 3000) * 0.1, dim=-1)
+    for probs in (peaked, torch.cat([peaked, flat])):
+        short_probs, short_order = nucleus(probs, 0.9)
+        full_probs, full_order = nucleus(probs, 0.9, shortlist=0)
+        width = short_probs.shape[1]
+        assert width == (64 if probs is peaked else 3000)  # which path ran
+        assert torch.equal(short_order, full_order[:, :width])
+        assert torch.equal(short_probs, full_probs[:, :width])
+        assert (full_probs[:, width:] == 0).all()
+        kept = full_probs > 0
+        assert (full_probs.sum(-1) >= 0.9).all()  # reaches top_p ...
+        smallest_kept = full_probs.where(kept, 1.0).min(-1).values
+        assert ((full_probs.sum(-1) - smallest_kept) < 0.9).all()  # ... with no token to spare
