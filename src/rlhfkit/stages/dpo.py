@@ -28,8 +28,8 @@ from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
 from rlhfkit.stages.lm import finished_earlier, settings_of
-from rlhfkit.stages.reward import check_conversations, encode_response, right_pad
-from rlhfkit.tokenizer import format_prompt, load_tokenizer
+from rlhfkit.stages.reward import check_conversations, encode_prompt, encode_response, right_pad
+from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -158,13 +158,12 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
     rankings, items = [], list(load_preferences(cfg.data))
     check_conversations(tokenizer, items, f"dpo --data {cfg.data}")
     for item in items:
-        prompt_len = len(
-            tokenizer(format_prompt(tokenizer, item.context), add_special_tokens=False)["input_ids"]
-        )
+        prompt_ids = encode_prompt(tokenizer, item.context)
+        prompt_len = len(prompt_ids)
         ended = item.ended or [True] * len(item.responses)
         rows, prompt_lens = [], []
         for response, e in zip(item.responses, ended):
-            whole = encode_response(tokenizer, item.context, response, e, max_len=sys.maxsize)
+            whole = encode_response(tokenizer, prompt_ids, response, e, max_len=sys.maxsize)
             row = whole[-cfg.max_len :]  # cut from the left to max_len, as the reward model's rows are
             rows.append(row)
             prompt_lens.append(max(prompt_len - (len(whole) - len(row)), 0))

@@ -214,12 +214,14 @@ def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
         )
 
 
-def encode_response(
-    tokenizer, prompt: str | list[dict], response: str, ended: bool, max_len: int
-) -> list[int]:
-    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores. `prompt` may be a whole
-    conversation (`Ranked.context`)."""
-    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of chat(prompt); `prompt` may be a whole conversation (`Ranked.context`)."""
+    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer, prompt_ids: list[int], response: str, ended: bool, max_len: int) -> list[int]:
+    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores. The prompt comes encoded
+    (`encode_prompt`), once for all of its K responses: rendering the chat template is the slow part."""
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if ended else [])
     return ids[-max_len:] if len(ids) > max_len else ids
@@ -239,9 +241,10 @@ def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
     """Score every response of every item in one forward; returns rewards, ranks and mask, each (P, K_max)."""
     rows, where = [], []
     for p, item in enumerate(items):
+        prompt_ids = encode_prompt(tokenizer, item.context)
         for k, response in enumerate(item.responses):
             ended = item.ended[k] if item.ended else True
-            rows.append(encode_response(tokenizer, item.context, response, ended, max_len))
+            rows.append(encode_response(tokenizer, prompt_ids, response, ended, max_len))
             where.append((p, k))
     ids, mask = right_pad(rows, tokenizer.pad_token_id)
     flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
@@ -301,7 +304,7 @@ def score_responses(
     out = []
     for i in range(0, len(prompts), batch_size):
         rows = [
-            encode_response(tokenizer, p, r, e, max_len)
+            encode_response(tokenizer, encode_prompt(tokenizer, p), r, e, max_len)
             for p, r, e in zip(
                 prompts[i : i + batch_size], responses[i : i + batch_size], ended[i : i + batch_size]
             )
