@@ -306,7 +306,7 @@ class Decoding:
         w = sampler.weights
         B, P = ids.shape
         dtype, device = w.embed.dtype, ids.device
-        self.weights, self.ids, self.mask, self.width = w, ids, mask, width
+        self.weights, self.ids, self.mask = w, ids, mask
         self.caches = tuple(
             (
                 torch.zeros(B, w.n_kv, width, w.head_dim, dtype=dtype, device=device),
@@ -335,12 +335,11 @@ class Decoding:
             attn_mask = self.mask.bool()[:, None, None, :] & causal[None, None]
             attn_mask[..., 0] |= ~attn_mask.any(-1)  # fully padded query rows: avoid NaN, result unused
             x_ids, positions, cols = self.ids, self.positions, torch.arange(P, device=self.ids.device)
-            keys = P
+            self.length = keys = P
         else:
             x_ids, (positions, cols) = token.unsqueeze(1), self._next_column()
             keys = self.length
             attn_mask = self.key_bias[:, None, None, :keys]  # one query: every real key so far
-        self.length = max(self.length, keys)
         logits = _forward(self.weights, x_ids, positions, self.rope, self.caches, cols, keys, attn_mask)
         return logits[:, -1].float()
 
