@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from rlhfkit import config as C
-from rlhfkit.training import console
+from rlhfkit.console import console
 
 # Sizes per preset; anything here can be overridden from a YAML file (section per step).
 PRESETS: dict[str, dict[str, dict]] = {

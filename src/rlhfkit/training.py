@@ -13,7 +13,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,17 +29,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rlhfkit.console import console  # noqa: F401 — re-exported: stages import it from here
 from rlhfkit.modeling import replace_dir
 
-# Messages hold [stage] prefixes and file[row 3] locations (no markup). Under torchrun / accelerate launch only
-# the first process (RANK 0) prints progress; errors are printed by every process (cli.main).
-# Written to a file or pipe (a log), lines get 160 columns instead of rich's 80, which cut the progress bars' metrics.
-console = Console(
-    stderr=True,
-    markup=False,
-    quiet=int(os.environ.get("RANK", "0")) > 0,
-    width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 160,
-)
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -51,7 +41,6 @@ class TrainingError(RuntimeError):
 
 def quiet_libraries() -> None:
     """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
-    import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
