@@ -227,6 +227,19 @@ def encode_response(tokenizer, prompt_ids: list[int], response: str, ended: bool
     return ids[-max_len:] if len(ids) > max_len else ids
 
 
+def encode_rows(
+    tokenizer, prompts: list, responses: list[str], ended: list[bool], max_len: int
+) -> list[list[int]]:
+    """`encode_response` of each (prompt, response, ended); a prompt repeating the one before it (the K responses
+    of a ranking, the n samples of best-of-n) reuses its ids instead of rendering the chat template again."""
+    rows, previous, prompt_ids = [], None, []
+    for prompt, response, e in zip(prompts, responses, ended):
+        if previous is None or prompt != previous:
+            previous, prompt_ids = prompt, encode_prompt(tokenizer, prompt)
+        rows.append(encode_response(tokenizer, prompt_ids, response, e, max_len))
+    return rows
+
+
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -239,13 +252,14 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
     """Score every response of every item in one forward; returns rewards, ranks and mask, each (P, K_max)."""
-    rows, where = [], []
-    for p, item in enumerate(items):
-        prompt_ids = encode_prompt(tokenizer, item.context)
-        for k, response in enumerate(item.responses):
-            ended = item.ended[k] if item.ended else True
-            rows.append(encode_response(tokenizer, prompt_ids, response, ended, max_len))
-            where.append((p, k))
+    where = [(p, k) for p, item in enumerate(items) for k in range(len(item.responses))]
+    rows = encode_rows(
+        tokenizer,
+        [items[p].context for p, _ in where],
+        [items[p].responses[k] for p, k in where],
+        [items[p].ended[k] if items[p].ended else True for p, k in where],
+        max_len,
+    )
     ids, mask = right_pad(rows, tokenizer.pad_token_id)
     flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
     k_max = max(len(i.responses) for i in items)
@@ -303,12 +317,8 @@ def score_responses(
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        rows = [
-            encode_response(tokenizer, encode_prompt(tokenizer, p), r, e, max_len)
-            for p, r, e in zip(
-                prompts[i : i + batch_size], responses[i : i + batch_size], ended[i : i + batch_size]
-            )
-        ]
+        batch = slice(i, i + batch_size)
+        rows = encode_rows(tokenizer, prompts[batch], responses[batch], ended[batch], max_len)
         ids, mask = right_pad(rows, tokenizer.pad_token_id)
         out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
