@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, n in counts.items():
                 print(f"{args.out}/{name}: {n} rows")
     except KeyboardInterrupt:
-        from rlhfkit.training import console
+        from rlhfkit.console import console
 
         console.quiet = False
         console.print(
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Errors the user can cause are raised with a message that says what and where; no deep traceback.
-        from rlhfkit.training import console
+        from rlhfkit.console import console
 
         console.quiet = False  # every process reports its own error
         console.print("error:", style="bold red", end=" ")

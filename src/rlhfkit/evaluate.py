@@ -228,10 +228,10 @@ def run(cfg):
     import time
     from pathlib import Path
 
+    from rlhfkit.console import console
     from rlhfkit.modeling import check_vocab, for_inference, is_chat_model, load_causal_lm, same_tokenizer
     from rlhfkit.rollout import generate_answers
     from rlhfkit.tokenizer import load_tokenizer
-    from rlhfkit.training import console
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

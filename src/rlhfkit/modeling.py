@@ -30,6 +30,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rlhfkit.console import console
+
 RLHFKIT_META = "rlhfkit.json"  # which stage wrote a directory, and whether it is a chat model
 
 
@@ -76,8 +78,6 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
             f"{what} {path!s}: no such directory; give the directory a stage wrote, e.g. runs/demo/sft"
         )
     if not local.exists() and not os.environ.get("HF_HUB_OFFLINE"):
-        from rlhfkit.training import console
-
         # Offline, the hub client retries for about a minute before it gives up: say what it is doing.
         console.print(
             f"[rlhfkit] {what} {path!s} is not a directory here: looking it up on the Hugging Face Hub"

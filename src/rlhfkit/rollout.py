@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.console import console
 from rlhfkit.losses import token_logprobs
 from rlhfkit.modeling import position_ids
 
@@ -50,6 +51,9 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
     return ids, mask
+
+
+COMPILED_WIDTH_STEP = 32  # cache widths of compiled sampling are multiples of this
 
 
 @torch.no_grad()
@@ -83,11 +87,16 @@ def sample(
         width = -(-total // COMPILED_WIDTH_STEP) * COMPILED_WIDTH_STEP if compiled else total
         step = sampler.stepper(ids, mask, max_new_tokens, width)
 
-    def advance(token):  # the token after `token`
-        if sampler is not None and compiled:
+    if sampler is not None and compiled:
+
+        def advance(token):  # the token after `token`: one compiled step, token pick included
             u = None if temperature <= 0 else uniforms(token.shape[0], generator, device)
             return step.advance(token, u, temperature, top_p)
-        return sample_token(step(token), temperature, top_p, generator)
+
+    else:
+
+        def advance(token):  # the token after `token`
+            return sample_token(step(token), temperature, top_p, generator)
 
     B = ids.shape[0]
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -106,9 +115,6 @@ def sample(
     sequences = torch.cat([ids, out], dim=1)
     attention_mask = torch.cat([mask, response_mask], dim=1)
     return SampleBatch(sequences, attention_mask, response_mask, prompt_width=ids.shape[1], ended=ended)
-
-
-COMPILED_WIDTH_STEP = 32  # cache widths of compiled sampling are multiples of this
 
 
 def response_mask_from(
@@ -421,8 +427,6 @@ def _compiled_decode():
             try:
                 return compiled(*args)
             except Exception as e:  # torch._dynamo / inductor errors; a real bug fails again uncompiled
-                from rlhfkit.training import console
-
                 _COMPILED["failed"] = True
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 console.print(f"warning: compiled sampling unavailable ({reason}); sampling uncompiled")

@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from rlhfkit.console import console  # noqa: F401 — re-exported: stages import it from here
+from rlhfkit.console import console  # also imported from here by the stages
 from rlhfkit.modeling import replace_dir
 
 CHECKPOINT_DIR = "checkpoint"
