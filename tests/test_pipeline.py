@@ -114,6 +114,24 @@ def test_report_is_complete(tiny_run):
 
 
 @pytest.mark.slow
+def test_answers_file_holds_what_the_report_averages(tiny_run):
+    report = json.loads((tiny_run / "eval" / "report.json").read_text(encoding="utf-8"))
+    lines = (tiny_run / "eval" / "answers.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    per_model = report["n_prompts"] * report["samples_per_prompt"]
+    assert len(rows) == per_model * len(report["models"])
+    for name, m in report["models"].items():
+        mine = [r for r in rows if r["model"] == name]
+        assert len(mine) == per_model, name
+        assert sum(r["vs_reference"] for r in mine) / per_model == pytest.approx(m["win_rate"]), name
+        assert sum(r["gold"] for r in mine) / per_model == pytest.approx(m["gold_score"], abs=1e-3), name
+        for family, entry in m["by_family"].items():
+            wins = [r["vs_reference"] for r in mine if r["family"] == family]
+            assert len(wins) == entry["n"] and sum(wins) / len(wins) == pytest.approx(entry["win_rate"])
+        assert all(set(r["gold_dims"]) == set(m["gold_dims"]) for r in mine), name
+
+
+@pytest.mark.slow
 def test_resume_rebuilds_only_the_deleted_step(tiny_run, capsys):
     out = tiny_run
     kept = {

@@ -340,6 +340,7 @@ def run(cfg):
         models = {**models, **{f"best_of_{n_best}": "" for n_best in ns}}
 
     reference = answers[cfg.reference]
+    records = []  # answers.jsonl: every answer with its verdict, for reading what a number is made of
     for name, stats in report_models.items():
         wins = [judge(p, a, reference[i]) for i, (p, a) in enumerate(zip(repeated, answers[name]))]
         stats["win_rate"] = sum(wins) / len(wins)
@@ -349,6 +350,7 @@ def run(cfg):
             stats["gold_score"] = sum(g.total for g in gold) / len(gold)
             stats["gold_dims"] = {d: sum(g.dims[d] for g in gold) / len(gold) for d in gold[0].dims}
         stats["by_family"] = by_family(families, wins, gold, n)
+        records += answer_records(name, repeated, group, families, answers[name], wins, gold)
         if gold and "travel" in stats["by_family"]:
             stats["by_family"]["travel"]["attractions_all_in_city"] = attractions_all_in_city(
                 repeated, answers[name]
@@ -378,11 +380,13 @@ def run(cfg):
         ],
     }
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     from rlhfkit.report import write_figures, write_markdown
 
     write_markdown(report, out / "report.md")
     write_figures(report, parse_named(cfg.curves) | models, out)
-    console.print(f"[eval] wrote {out}/report.json, report.md, winrate.png, curves.png")
+    console.print(f"[eval] wrote {out}/report.json, report.md, answers.jsonl, winrate.png, curves.png")
     return report
 
 
@@ -482,6 +486,20 @@ def attractions_all_in_city(prompts: list[str], answers: list[tuple[str, bool]])
         total += 1
         ok += bool(named) and all(ATTRACTION_CITY.get(a) == task.subject for a in named)
     return ok / max(total, 1)
+
+
+def answer_records(name, prompts, group, families, answers, wins, gold) -> list[dict]:
+    """One row per answer: the model, prompt, answer, whether it ended, its verdict against the reference's
+    answer to the same prompt (1 win, ½ tie, 0 loss) and, on the embedded world, its gold score by dimension."""
+    rows = []
+    for i, (prompt, (answer, ended)) in enumerate(zip(prompts, answers)):
+        row = {"model": name, "prompt": prompt, "family": families[group[i]], "answer": answer, "ended": ended}
+        row["vs_reference"] = wins[i]
+        if gold:
+            row["gold"] = round(gold[i].total, 4)
+            row["gold_dims"] = {d: round(v, 4) for d, v in gold[i].dims.items()}
+        rows.append(row)
+    return rows
 
 
 def by_family(families: list[str], wins: list[float], gold, n: int) -> dict:
