@@ -493,7 +493,13 @@ def answer_records(name, prompts, group, families, answers, wins, gold) -> list[
     answer to the same prompt (1 win, ½ tie, 0 loss) and, on the embedded world, its gold score by dimension."""
     rows = []
     for i, (prompt, (answer, ended)) in enumerate(zip(prompts, answers)):
-        row = {"model": name, "prompt": prompt, "family": families[group[i]], "answer": answer, "ended": ended}
+        row = {
+            "model": name,
+            "prompt": prompt,
+            "family": families[group[i]],
+            "answer": answer,
+            "ended": ended,
+        }
         row["vs_reference"] = wins[i]
         if gold:
             row["gold"] = round(gold[i].total, 4)
