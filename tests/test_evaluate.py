@@ -101,6 +101,26 @@ def test_labels_vs_panel_counts_only_the_pairs_the_labels_rank(fixed_rewards):
     assert (report["n_panel_pairs"], report["n_labelled_panel_pairs"]) == (2, 1)
 
 
+def test_panel_agreement_is_split_by_family(fixed_rewards):
+    travel = next(t.prompt for t in split_prompts()["rm"] if t.family == "travel")
+    naming = next(t.prompt for t in split_prompts()["rm"] if t.family == "naming")
+    good, bad = "洪崖洞、解放碑和磁器口。", "不知道"
+    panel = eval_panel()
+    first = {p: panel.compare(p, good, True, bad, True) == 1.0 for p in (travel, naming)}
+    # The labels agree with the panel on the travel pair and not on the naming pair; the RM agrees on neither.
+    items = [
+        Ranked(travel, [good, bad], [1, 2] if first[travel] else [2, 1]),
+        Ranked(naming, [good, bad], [2, 1] if first[naming] else [1, 2]),
+    ]
+    fixed_rewards["rewards"] = [0.0, 1.0] if first[travel] else [1.0, 0.0]
+    fixed_rewards["rewards"] += [0.0, 1.0] if first[naming] else [1.0, 0.0]
+    report = reward_model_vs_gold(None, None, items, max_len=64)
+    assert report["panel_agreement_by_family"] == {
+        "naming": {"reward_model": 0.0, "labels": 0.0, "pairs": 1},
+        "travel": {"reward_model": 0.0, "labels": 1.0, "pairs": 1},
+    }
+
+
 def test_the_reward_model_is_scored_on_the_whole_conversation(fixed_rewards):
     items = world_items()
     turns = [{"role": "system", "content": "你是导游"}, {"role": "user", "content": items[0].prompt}]

@@ -65,9 +65,11 @@ def reward_model_vs_gold(
     panel = eval_panel()
     agree_panel = agree_data = n_pairs = n_labelled = 0
     by_dim: dict[str, list[int]] = {d: [0, 0] for d in DIMENSIONS}
+    by_family: dict[str, list[int]] = {}  # family: [RM agrees, labels agree, pairs, labelled pairs]
     offset = 0
     for item in items:
         K = len(item.responses)
+        family = by_family.setdefault(parse_prompt(item.prompt).family, [0, 0, 0, 0])
         for a in range(K):
             for b in range(a + 1, K):
                 ia, ib = offset + a, offset + b
@@ -75,11 +77,17 @@ def reward_model_vs_gold(
                 if verdict == 0.5:
                     continue
                 panel_prefers_a = verdict == 1.0
+                rm_agrees = orders_like(ia, ib, panel_prefers_a)
                 n_pairs += 1
-                agree_panel += orders_like(ia, ib, panel_prefers_a)
+                agree_panel += rm_agrees
+                family[0] += rm_agrees
+                family[2] += 1
                 if item.ranks[a] != item.ranks[b]:  # a pair the labels tie says nothing either way
+                    labels_agree = (item.ranks[a] < item.ranks[b]) == panel_prefers_a
                     n_labelled += 1
-                    agree_data += (item.ranks[a] < item.ranks[b]) == panel_prefers_a
+                    agree_data += labels_agree
+                    family[1] += labels_agree
+                    family[3] += 1
                 # The dimension that separates the pair most: does the RM catch that kind of mistake?
                 gaps = {d: WEIGHTS[d] * (golds[ia].dims[d] - golds[ib].dims[d]) for d in DIMENSIONS}
                 dim = max(gaps, key=lambda d: abs(gaps[d]))
@@ -95,6 +103,11 @@ def reward_model_vs_gold(
         "labelers": label_settings,
         "spearman_reward_vs_gold": spearman(rewards, [g.total for g in golds]),
         "accuracy_by_dimension": {d: {"accuracy": c / n, "pairs": n} for d, (c, n) in by_dim.items() if n},
+        # Where the RM falls short of its data: agreement with the panel per prompt family, the labels' beside it
+        "panel_agreement_by_family": {
+            f: {"reward_model": rm / max(n, 1), "labels": lab / max(nl, 1), "pairs": n}
+            for f, (rm, lab, n, nl) in sorted(by_family.items())
+        },
         "n_panel_pairs": n_pairs,
         "n_labelled_panel_pairs": n_labelled,
     }
