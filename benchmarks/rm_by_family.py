@@ -1,0 +1,84 @@
+"""Where does the reward model fall short, and does the policy gain where it does not? Per prompt family.
+
+    .venv/bin/python benchmarks/rm_by_family.py --runs runs/bench20k/seed0 runs/bench20k/seed1 runs/bench20k/seed2
+
+For each finished `rlhfkit pipeline` directory: the reward model's agreement with the held-out panel on the
+run's validation rankings, per family (travel, naming, explain, news), beside the agreement of the labels it was
+trained on (its data's ceiling as the panel sees it) — the same figures as `reward/eval.json`'s
+"panel_agreement_by_family", recomputed here so that runs made before that field existed can be read too; and
+each trained policy's win rate against SFT per family, from the run's `eval/report.json`.
+Writes benchmarks/results/rm_by_family.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from rlhfkit.config import RewardConfig
+from rlhfkit.evaluate import reward_model_vs_gold
+from rlhfkit.modeling import for_inference, load_reward_model
+from rlhfkit.stages.label import read_settings
+from rlhfkit.stages.reward import load_comparisons, split_by_prompt
+from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.training import quiet_libraries
+
+FAMILIES = ("travel", "naming", "explain", "news")
+
+
+def reward_by_family(run: Path) -> dict:
+    """The run's RM against the panel on its own validation rankings (the split `rlhfkit reward` held out)."""
+    cfg = RewardConfig(**yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["reward"])
+    _, val = split_by_prompt(load_comparisons(cfg), cfg.val_fraction, cfg.seed)
+    tokenizer = load_tokenizer(cfg.out)
+    model = for_inference(load_reward_model(cfg.out, tokenizer.pad_token_id, trained=True))
+    report = reward_model_vs_gold(model, tokenizer, val, cfg.max_len, read_settings(cfg.data))
+    return {"panel_agreement": report["panel_agreement"], "by_family": report["panel_agreement_by_family"]}
+
+
+def policy_by_family(run: Path) -> dict:
+    report = json.loads((run / "eval" / "report.json").read_text())
+    return {
+        name: {f: m["by_family"][f]["win_rate"] for f in FAMILIES if f in m["by_family"]}
+        for name, m in report["models"].items()
+        if name not in ("gpt", report["reference"])
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="finished `rlhfkit pipeline` directories")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_by_family.json"))
+    args = parser.parse_args()
+    quiet_libraries()
+
+    results = {}
+    for run in map(Path, args.runs):
+        results[str(run)] = {"reward_model": reward_by_family(run), "win_rate_vs_sft": policy_by_family(run)}
+
+    print("reward model vs the held-out panel (labels vs the panel), per family")
+    print(f"{'run':<28}" + "".join(f"{f:>16}" for f in FAMILIES) + f"{'all':>8}")
+    for run, r in results.items():
+        rm = r["reward_model"]
+        cells = [rm["by_family"].get(f) for f in FAMILIES]
+        print(
+            f"{run:<28}"
+            + "".join(f"{c['reward_model']:>8.3f} ({c['labels']:.3f})" if c else f"{'—':>16}" for c in cells)
+            + f"{rm['panel_agreement']:>8.3f}"
+        )
+    print("\nwin rate vs SFT, per family")
+    print(f"{'run':<28}{'model':<12}" + "".join(f"{f:>9}" for f in FAMILIES))
+    for run, r in results.items():
+        for name, wins in r["win_rate_vs_sft"].items():
+            print(f"{run:<28}{name:<12}" + "".join(f"{wins.get(f, float('nan')):>9.3f}" for f in FAMILIES))
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
