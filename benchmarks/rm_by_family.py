@@ -6,7 +6,9 @@ For each finished `rlhfkit pipeline` directory: the reward model's agreement wit
 run's validation rankings, per family (travel, naming, explain, news), beside the agreement of the labels it was
 trained on (its data's ceiling as the panel sees it) — the same figures as `reward/eval.json`'s
 "panel_agreement_by_family", recomputed here so that runs made before that field existed can be read too; and
-each trained policy's win rate against SFT per family, from the run's `eval/report.json`.
+each trained policy's win rate against SFT per family, from the run's `eval/report.json` (`--eval-dir` names
+another evaluation inside the run); where that evaluation wrote `answers.jsonl`, also each model's gold
+on_topic and correct per family (is the answer about the asked city / concept / topic, and right about it).
 Writes benchmarks/results/rm_by_family.json (or --out).
 """
 
@@ -39,8 +41,8 @@ def reward_by_family(run: Path) -> dict:
     return {"panel_agreement": report["panel_agreement"], "by_family": report["panel_agreement_by_family"]}
 
 
-def policy_by_family(run: Path) -> dict:
-    report = json.loads((run / "eval" / "report.json").read_text())
+def policy_by_family(eval_dir: Path) -> dict:
+    report = json.loads((eval_dir / "report.json").read_text())
     return {
         name: {f: m["by_family"][f]["win_rate"] for f in FAMILIES if f in m["by_family"]}
         for name, m in report["models"].items()
@@ -48,16 +50,41 @@ def policy_by_family(run: Path) -> dict:
     }
 
 
+def topic_by_family(eval_dir: Path) -> dict:
+    """From eval/answers.jsonl (evals since it existed): each model's mean gold on_topic and correct per family."""
+    path = eval_dir / "answers.jsonl"
+    if not path.exists():
+        return {}
+    sums: dict = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["model"] == "gpt" or "gold_dims" not in row:
+            continue
+        cell = sums.setdefault(row["model"], {}).setdefault(row["family"], [0.0, 0.0, 0])
+        cell[0] += row["gold_dims"]["on_topic"]
+        cell[1] += row["gold_dims"]["correct"]
+        cell[2] += 1
+    return {
+        model: {f: {"on_topic": t / n, "correct": c / n} for f, (t, c, n) in cells.items()}
+        for model, cells in sums.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="finished `rlhfkit pipeline` directories")
+    parser.add_argument("--eval-dir", default="eval", help="the evaluation inside each run to read")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_by_family.json"))
     args = parser.parse_args()
     quiet_libraries()
 
     results = {}
     for run in map(Path, args.runs):
-        results[str(run)] = {"reward_model": reward_by_family(run), "win_rate_vs_sft": policy_by_family(run)}
+        results[str(run)] = {
+            "reward_model": reward_by_family(run),
+            "win_rate_vs_sft": policy_by_family(run / args.eval_dir),
+            "gold_by_family": topic_by_family(run / args.eval_dir),
+        }
 
     print("reward model vs the held-out panel (labels vs the panel), per family")
     print(f"{'run':<28}" + "".join(f"{f:>16}" for f in FAMILIES) + f"{'all':>8}")
@@ -74,6 +101,19 @@ def main() -> None:
     for run, r in results.items():
         for name, wins in r["win_rate_vs_sft"].items():
             print(f"{run:<28}{name:<12}" + "".join(f"{wins.get(f, float('nan')):>9.3f}" for f in FAMILIES))
+
+    if any(r["gold_by_family"] for r in results.values()):
+        print("\ngold on_topic / correct per family (from answers.jsonl)")
+        print(f"{'run':<28}{'model':<12}" + "".join(f"{f:>14}" for f in FAMILIES))
+        for run, r in results.items():
+            for name, cells in r["gold_by_family"].items():
+                row = [cells.get(f) for f in FAMILIES]
+                print(
+                    f"{run:<28}{name:<12}"
+                    + "".join(
+                        f"{c['on_topic']:>7.2f} / {c['correct']:.2f}" if c else f"{'—':>14}" for c in row
+                    )
+                )
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, ensure_ascii=False, indent=2))
