@@ -512,8 +512,8 @@ def answer_records(name, prompts, group, families, answers, wins, gold) -> list[
             "family": families[group[i]],
             "answer": answer,
             "ended": ended,
+            "vs_reference": wins[i],
         }
-        row["vs_reference"] = wins[i]
         if gold:
             row["gold"] = round(gold[i].total, 4)
             row["gold_dims"] = {d: round(v, 4) for d, v in gold[i].dims.items()}
