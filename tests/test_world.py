@@ -1,6 +1,7 @@
 """The embedded world: facts, prompt splits, demonstrations, pretraining corpus and export."""
 
 import json
+import re
 import statistics
 
 from rlhfkit.world import (
@@ -182,6 +183,20 @@ def test_corpus_is_deterministic_and_bounded():
     assert len(heldout) == len(set(heldout)) == 300
     # held out means unseen: not one document verbatim in the default pretraining corpus
     assert not set(heldout) & set(pretrain_corpus(0, n_docs=20000))
+
+
+def test_some_news_items_name_their_topic_and_only_carry_its_facts():
+    docs = pretrain_corpus(0, n_docs=4000)
+    named = {}
+    for topic in NEWS_TOPICS:
+        for doc in docs:
+            for mark in (f"{topic}新闻：", f"【{topic}】", f"{topic}方面，"):
+                if doc.startswith(mark):
+                    named.setdefault(topic, []).append(doc[len(mark) :])
+    assert set(named) == set(NEWS_TOPICS)  # the corpus says which topic each kind of news belongs to
+    for topic, bodies in named.items():
+        for body in bodies:
+            assert body and all(fact in NEWS_TOPICS[topic] for fact in re.findall(r"[^。]*。", body)), topic
 
 
 def test_exported_heldout_text_avoids_a_larger_corpus(tmp_path, monkeypatch):

@@ -247,7 +247,21 @@ def _travel_note(rng: random.Random) -> str:
 def _news_doc(rng: random.Random) -> str:
     topic = rng.choice(list(NEWS_TOPICS))
     facts = rng.sample(NEWS_TOPICS[topic], rng.randint(2, 4))
-    opening = rng.choice(["本报讯，", "据报道，", "近日，", "记者从有关部门获悉，", ""])
+    # As on a news site, some items carry their section ("体育新闻", "【环保】"). Without them only the few answered
+    # questions linked a topic to its news, and the models wrote about the asked topic in 1-12% of their news
+    # answers, on seed 0's eval prompts 5% (benchmarks/README.md, rm_by_family.py).
+    opening = rng.choice(
+        [
+            "本报讯，",
+            "据报道，",
+            "近日，",
+            "记者从有关部门获悉，",
+            "",
+            f"{topic}新闻：",
+            f"【{topic}】",
+            f"{topic}方面，",
+        ]
+    )
     return opening + "".join(facts)
 
 
