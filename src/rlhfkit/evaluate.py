@@ -65,11 +65,11 @@ def reward_model_vs_gold(
     panel = eval_panel()
     agree_panel = agree_data = n_pairs = n_labelled = 0
     by_dim: dict[str, list[int]] = {d: [0, 0] for d in DIMENSIONS}
-    by_family: dict[str, list[int]] = {}  # family: [RM agrees, labels agree, pairs, labelled pairs]
+    per_family: dict[str, list[int]] = {}  # family: [RM agrees, labels agree, pairs, labelled pairs]
     offset = 0
     for item in items:
         K = len(item.responses)
-        family = by_family.setdefault(parse_prompt(item.prompt).family, [0, 0, 0, 0])
+        family = per_family.setdefault(parse_prompt(item.prompt).family, [0, 0, 0, 0])
         for a in range(K):
             for b in range(a + 1, K):
                 ia, ib = offset + a, offset + b
@@ -106,7 +106,7 @@ def reward_model_vs_gold(
         # Where the RM falls short of its data: agreement with the panel per prompt family, the labels' beside it
         "panel_agreement_by_family": {
             f: {"reward_model": rm / max(n, 1), "labels": lab / max(nl, 1), "pairs": n}
-            for f, (rm, lab, n, nl) in sorted(by_family.items())
+            for f, (rm, lab, n, nl) in sorted(per_family.items())
         },
         "n_panel_pairs": n_pairs,
         "n_labelled_panel_pairs": n_labelled,

@@ -234,7 +234,7 @@ def encode_rows(
     of a ranking, the n samples of best-of-n) reuses its ids instead of rendering the chat template again."""
     rows, previous, prompt_ids = [], None, []
     for prompt, response, e in zip(prompts, responses, ended):
-        if previous is None or prompt != previous:
+        if prompt != previous:
             previous, prompt_ids = prompt, encode_prompt(tokenizer, prompt)
         rows.append(encode_response(tokenizer, prompt_ids, response, e, max_len))
     return rows
