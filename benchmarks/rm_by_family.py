@@ -5,7 +5,7 @@
 For each finished `rlhfkit pipeline` directory: the reward model's agreement with the held-out panel on the
 run's validation rankings, per family (travel, naming, explain, news), beside the agreement of the labels it was
 trained on (its data's ceiling as the panel sees it) — the same figures as `reward/eval.json`'s
-"panel_agreement_by_family", recomputed here so that runs made before that field existed can be read too; and
+"panel_agreement_by_family", read from there or, for runs made before that field existed, recomputed; and
 each trained policy's win rate against SFT per family, from the run's `eval/report.json` (`--eval-dir` names
 another evaluation inside the run); where that evaluation wrote `answers.jsonl`, also each model's gold
 on_topic and correct per family (is the answer about the asked city / concept / topic, and right about it).
@@ -32,8 +32,15 @@ FAMILIES = ("travel", "naming", "explain", "news")
 
 
 def reward_by_family(run: Path) -> dict:
-    """The run's RM against the panel on its own validation rankings (the split `rlhfkit reward` held out)."""
+    """The run's RM against the panel on its own validation rankings (the split `rlhfkit reward` held out): read
+    from its reward/eval.json, or computed as `rlhfkit reward` computes it for runs older than that field."""
     cfg = RewardConfig(**yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["reward"])
+    written = json.loads((Path(cfg.out) / "eval.json").read_text(encoding="utf-8"))
+    if "panel_agreement_by_family" in written:
+        return {
+            "panel_agreement": written["panel_agreement"],
+            "by_family": written["panel_agreement_by_family"],
+        }
     _, val = split_by_prompt(load_comparisons(cfg), cfg.val_fraction, cfg.seed)
     tokenizer = load_tokenizer(cfg.out)
     model = for_inference(load_reward_model(cfg.out, tokenizer.pad_token_id, trained=True))
