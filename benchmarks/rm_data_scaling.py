@@ -103,7 +103,8 @@ def main() -> None:
             here = work / "_".join(
                 [f"rounds{rounds}_epochs{epochs:g}"]
                 + ([f"lr{lr:g}"] if lr != run_reward.lr else [])
-                + [f"{key}{text}" for key, text in fixed.items()]
+                # a path given as a value (model=runs/x/gpt) names one directory, not a tree of them
+                + [f"{key}{text.replace('/', '_')}" for key, text in fixed.items()]
             )
             rm_dir, policy_dir = here / "reward", here / "ppo"
             if not data.exists():
