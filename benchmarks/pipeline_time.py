@@ -6,6 +6,11 @@
 Writes benchmarks/results/pipeline_time.json (replacing the seeds it ran, keeping the others) and prints a
 table: seconds per step, win rate vs SFT with its 95% interval per model, pretraining perplexity, and whether
 the expected ordering held (GPT < 0.5 < PPO, PPO-ptx; PPO-ptx's perplexity closer to SFT's than PPO's).
+With several seeds in the file it also pools them: each model's win rate over every seed's eval prompts (each
+seed's model against that seed's SFT), its interval resampling (seed, prompt) — does a method beat SFT across
+seeds, not only on one?
+
+    .venv/bin/python benchmarks/pipeline_time.py --pool-only --out runs/news   # recompute that from the runs
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.evaluate import bootstrap_ci
 from rlhfkit.pipeline import PipelineConfig, run
 from rlhfkit.training import quiet_libraries
 
@@ -39,6 +45,31 @@ def ordering(report: dict) -> dict[str, bool]:
     return checks
 
 
+def pooled(run_dirs: list[Path]) -> dict:
+    """Win rate vs the reference over every run's eval answers (`eval/answers.jsonl`), per model, with a 95%
+    interval that resamples (run, prompt) groups; {} unless at least two runs have answers."""
+    rows = []
+    for n, run_dir in enumerate(run_dirs):
+        path = run_dir / "eval" / "answers.jsonl"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            rows += [(n, row) for row in map(json.loads, lines) if row["vs_reference"] is not None]
+    if len({n for n, _ in rows}) < 2:
+        return {}
+    out = {}
+    for name in dict.fromkeys(row["model"] for _, row in rows):
+        mine = [(n, row) for n, row in rows if row["model"] == name]
+        groups = {key: i for i, key in enumerate(dict.fromkeys((n, row["prompt"]) for n, row in mine))}
+        wins = [row["vs_reference"] for _, row in mine]
+        out[name] = {
+            "win_rate": sum(wins) / len(wins),
+            "win_rate_ci": bootstrap_ci(wins, [groups[(n, row["prompt"])] for n, row in mine]),
+            "runs": len({n for n, _ in mine}),
+            "answers": len(wins),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -46,6 +77,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--json", default="benchmarks/results/pipeline_time.json")
     parser.add_argument("--note", default="", help="stored with each run, e.g. what else ran at the time")
+    parser.add_argument(
+        "--pool-only",
+        action="store_true",
+        help="run nothing: recompute the seeds-pooled win rates of --json from its runs' eval answers",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -55,6 +91,9 @@ def main() -> None:
     quiet_libraries()
 
     results = []
+    if args.pool_only:
+        print_pooled(write_json(args, []))
+        return
     for seed in args.seeds:
         start = time.time()
         cfg = PipelineConfig(out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed, resume=args.resume)
@@ -69,6 +108,7 @@ def main() -> None:
         results.append(
             {
                 "seed": seed,
+                "run": cfg.out,
                 "wall_seconds": round(wall, 1),
                 "torch_threads": torch.get_num_threads(),
                 "date": time.strftime("%Y-%m-%d"),
@@ -79,7 +119,7 @@ def main() -> None:
                 "ordering": ordering(report),
             }
         )
-        write_json(args, results)  # after every seed, so a long run keeps what it measured
+        summary = write_json(args, results)  # after every seed, so a long run keeps what it measured
 
     print(f"\npreset {args.preset} on {os.cpu_count()} cores, torch {torch.__version__}")
     for r in results:
@@ -93,12 +133,26 @@ def main() -> None:
                 f"ppl {ppl:.2f}" + (f"  KL {m['kl_to_sft']:.2f}" if m["kl_to_sft"] is not None else "")
             )
         print("  ordering: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in r["ordering"].items()))
+    print_pooled(summary)
     print(f"\nwrote {args.json}")
 
 
-def write_json(args, results: list[dict]) -> None:
+def print_pooled(summary: dict) -> None:
+    if not summary.get("pooled"):
+        return
+    seeds = ", ".join(str(r["seed"]) for r in summary["runs"])
+    print(f"\nseeds {seeds} pooled (each seed's model against that seed's SFT):")
+    for name, m in summary["pooled"].items():
+        lo, hi = m["win_rate_ci"]
+        print(
+            f"  {name:<10} win {m['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]  ({m['runs']} runs, {m['answers']} answers)"
+        )
+
+
+def write_json(args, results: list[dict]) -> dict:
     """Write this invocation's seeds, keeping the other seeds of an earlier run of the same preset, so seeds
-    run one at a time (or side by side, in separate processes) end up in one file."""
+    run one at a time (or side by side, in separate processes) end up in one file, with their pooled win rates.
+    Returns what it wrote."""
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     kept = []
@@ -114,7 +168,14 @@ def write_json(args, results: list[dict]) -> None:
         "torch": torch.__version__,
     }
     runs = sorted(kept + results, key=lambda r: r["seed"])
-    path.write_text(json.dumps({**meta, "runs": runs}, indent=2))
+    # entries written before runs named their directory were run under --out
+    summary = {
+        **meta,
+        "runs": runs,
+        "pooled": pooled([Path(r.get("run", f"{args.out}/seed{r['seed']}")) for r in runs]),
+    }
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 if __name__ == "__main__":
