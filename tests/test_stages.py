@@ -25,6 +25,7 @@ from rlhfkit.modeling import check_vocab, read_meta
 from rlhfkit.stages import pretrain, sft
 from rlhfkit.stages.sft import build_examples
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
+from rlhfkit.training import TrainingError
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -119,6 +120,46 @@ def test_pretrain_resume_is_exact(tiny_gpt, tmp_path, capsys):
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
     assert read_meta(interrupted)["complete"] is True
     assert not (interrupted / "checkpoint").exists()
+
+
+def test_a_resume_with_other_settings_names_them_and_the_model_records_both(tiny_gpt, tmp_path, capsys):
+    out = tmp_path / "changed"
+    with interrupted_at_step(9):
+        pretrain.run(resume_config(out, tiny_gpt))
+    capsys.readouterr()
+    pretrain.run(resume_config(out, tiny_gpt, resume=True, batch_size=4, lr=1e-3))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "written with batch_size 8 (now 4), lr 0.003 (now 0.001); the saved model records both" in said
+    meta = read_meta(out)
+    assert meta["settings"]["batch_size"] == 4
+    assert meta["settings_before_resume"] == {"batch_size": 8, "lr": 3e-3}
+
+
+def test_a_resume_that_adds_lora_is_refused_naming_the_setting(tiny_gpt, tmp_path):
+    def config(**kw):
+        return SFTConfig(
+            out=str(tmp_path / "sft"),
+            model=str(tiny_gpt),
+            max_steps=6,
+            batch_size=4,
+            max_len=64,
+            save_every=2,
+            **kw,
+        )
+
+    with interrupted_at_step(3):
+        sft.run(config())
+    with pytest.raises(TrainingError, match=r"it was written with lora_r 0 \(now 4\).*delete .*checkpoint"):
+        sft.run(config(resume=True, lora_r=4))
+
+
+def test_a_resume_without_a_checkpoint_says_it_starts_over(tiny_gpt, tmp_path, capsys):
+    sft.run(
+        SFTConfig(
+            out=str(tmp_path / "sft"), model=str(tiny_gpt), max_steps=1, batch_size=4, max_len=64, resume=True
+        )
+    )
+    assert "no checkpoint in" in " ".join(capsys.readouterr().err.split())
 
 
 def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path):
@@ -376,7 +417,7 @@ def test_a_checkpoint_whose_optimizer_does_not_fit_is_a_clear_error(tmp_path):
     two_groups = torch.optim.AdamW(parameter_groups(model, 1e-3, 0.01))  # matrices decayed, the rest not
     accelerator.prepare(model, two_groups)
     with pytest.raises(
-        TrainingError, match=r"checkpoint: its optimizer state does not fit .* Delete .*checkpoint"
+        TrainingError, match=r"checkpoint: its optimizer state does not fit .* delete .*checkpoint"
     ):
         load_checkpoint(accelerator, tmp_path)
 

@@ -160,9 +160,14 @@ def check_finite(step: int, accelerator: Accelerator | None = None, **values: fl
 
 
 def save_checkpoint(
-    accelerator: Accelerator, out_dir: str | Path, step: int, extra: dict | None = None
+    accelerator: Accelerator,
+    out_dir: str | Path,
+    step: int,
+    extra: dict | None = None,
+    settings: dict | None = None,
 ) -> None:
-    """Write to a temp dir, then rename over the old checkpoint: a kill mid-save keeps the last good one."""
+    """Write to a temp dir, then rename over the old checkpoint: a kill mid-save keeps the last good one. The
+    run's `settings` go with it, so a resume with other settings can say what changed."""
     out_dir = Path(out_dir)
     final, tmp = out_dir / CHECKPOINT_DIR, out_dir / f".{CHECKPOINT_DIR}.tmp"
     if accelerator.is_main_process:
@@ -171,37 +176,59 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=False)  # internal resume state
     if accelerator.is_main_process:
-        state = {"step": step, **(extra or {})}
+        state = {"step": step, **(extra or {}), **({"settings": settings} if settings is not None else {})}
         (tmp / "trainer_state.json").write_text(json.dumps(state, ensure_ascii=False, indent=2))
         replace_dir(tmp, final)
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, out_dir: str | Path, scheduler=None) -> dict | None:
+def load_checkpoint(
+    accelerator: Accelerator, out_dir: str | Path, scheduler=None, settings: dict | None = None
+) -> dict | None:
     """Restore everything `save_checkpoint` wrote; None when there is no checkpoint to resume from.
 
     The learning rates are this run's: given the `scheduler`, a run resumed with a new --lr (say, after a NaN)
-    continues the schedule from the checkpoint's step with the new peak, instead of the checkpoint's."""
+    continues the schedule from the checkpoint's step with the new peak, instead of the checkpoint's. Given this
+    run's `settings`, those that differ from the checkpoint's are named, and returned under "changed" ({name:
+    the checkpoint's value}) for the saved model to record; a checkpoint they no longer fit is refused."""
     ckpt = Path(out_dir) / CHECKPOINT_DIR
     if not (ckpt / "trainer_state.json").exists():
+        console.print(f"[resume] no checkpoint in {out_dir}: training from the start")
         return None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    before = state.get("settings")
+    changed = {k: before[k] for k in settings or {} if k in (before or {}) and before[k] != settings[k]}
+    listed = ", ".join(f"{k} {v!r} (now {settings[k]!r})" for k, v in changed.items())
     scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper holds the torch scheduler
     configured = list(scheduler.base_lrs) if scheduler is not None else None
     try:
         accelerator.load_state(str(ckpt))
-    except ValueError as err:  # torch: "loaded state dict has a different number of parameter groups", ...
-        if "parameter group" not in str(err):
+    except (
+        ValueError,
+        RuntimeError,
+    ) as err:  # torch: "different number of parameter groups", missing keys, ...
+        if not changed and "parameter group" not in str(err):
             raise
+        why = (
+            f"it was written with {listed}"
+            if changed
+            else f"its optimizer state does not fit this run's optimizer ({err})"
+        )
         raise TrainingError(
-            f"{ckpt}: its optimizer state does not fit this run's optimizer ({err}); it was written by another "
-            f"rlhfkit version or with other trainable parameters. Delete {ckpt} to train this stage from its start"
+            f"{ckpt}: {why}; it was written by another rlhfkit version or with other trainable parameters. "
+            f"Resume with the settings it was written with, or delete {ckpt} to train this stage from its start"
         ) from None
+    if changed:
+        console.print(f"[resume] continuing {ckpt}, written with {listed}; the saved model records both")
     if scheduler is not None and list(scheduler.base_lrs) != configured:
-        console.print(f"[resume] peak learning rate {scheduler.base_lrs} → {configured}, as configured now")
+        if "lr" not in changed:  # a checkpoint without its settings
+            console.print(
+                f"[resume] peak learning rate {scheduler.base_lrs} → {configured}, as configured now"
+            )
         scheduler.base_lrs = configured
         for group, peak, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas):
             group["lr"] = peak * factor(scheduler.last_epoch)
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    return {**state, "changed": changed}
 
 
 def remove_checkpoint(out_dir: str | Path) -> None:

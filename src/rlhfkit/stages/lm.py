@@ -52,9 +52,9 @@ def train_lm(
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
-        start = state["step"]
+    start, changed = 0, {}
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
+        start, changed = state["step"], state["changed"]
         console.print(f"[{stage}] resuming from {out}/checkpoint at step {start}")
 
     pad_id = tokenizer.pad_token_id
@@ -98,14 +98,14 @@ def train_lm(
                 )
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < max_steps:
-                save_checkpoint(accelerator, out, done)
+                save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
     final = accelerator.unwrap_model(model)
     if hasattr(final, "merge_and_unload"):  # LoRA: save a plain model every later stage can load
         final = final.merge_and_unload()
     final.config.use_cache = True
     if accelerator.is_main_process:
-        save_model(final, tokenizer, out, **meta, steps=max_steps, complete=True, settings=settings_of(cfg))
+        save_model(final, tokenizer, out, **meta, steps=max_steps, complete=True, **provenance(cfg, changed))
         remove_checkpoint(out)
         console.print(f"[{stage}] saved to {out}")
     accelerator.wait_for_everyone()
@@ -129,6 +129,12 @@ def collate(examples: list[LMExample], pad_id: int) -> dict[str, torch.Tensor]:
 def settings_of(cfg) -> dict:
     """A stage's settings as saved in its rlhfkit.json (less `config.HOW_IT_RUNS`: how it ran, not what it made)."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in HOW_IT_RUNS}
+
+
+def provenance(cfg, changed: dict) -> dict:
+    """What a saved model records of how it was made: its settings, and where a resumed run changed some, the
+    values the checkpoint it continued was written with ({name: value})."""
+    return {"settings": settings_of(cfg), **({"settings_before_resume": changed} if changed else {})}
 
 
 def finished_earlier(cfg, stage: str) -> bool:

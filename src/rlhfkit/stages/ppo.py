@@ -64,7 +64,7 @@ from rlhfkit.modeling import (
     scalar_head,
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, encode_prompts, response_logprobs, sample
-from rlhfkit.stages.lm import collate, finished_earlier, settings_of
+from rlhfkit.stages.lm import collate, finished_earlier, provenance, settings_of
 from rlhfkit.stages.reward import NARROW_REWARD_STD, narrow_rewards
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
@@ -184,9 +184,9 @@ def run(cfg: PPOConfig, reward_fn=None):
     if cfg.shared_trunk and value_model is not None:
         accelerator.register_for_checkpointing(value_model)
 
-    start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
-        start = state["step"]
+    start, changed = 0, {}
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
+        start, changed = state["step"], state["changed"]
         console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
 
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
@@ -316,7 +316,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                 log_samples(out, tracker, done, batch_prompts, texts, scores)
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
-                save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value})
+                save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg))
 
     final = accelerator.unwrap_model(policy)
     if ema is not None:
@@ -342,7 +342,7 @@ def run(cfg: PPOConfig, reward_fn=None):
             ptx_coef=cfg.ptx_coef,
             kl_coef=kl_ctl.value,
             algo=cfg.algo,
-            settings=settings_of(cfg),
+            **provenance(cfg, changed),
         )
         if value_model is not None and not cfg.shared_trunk:
             save_model(

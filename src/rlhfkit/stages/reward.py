@@ -38,7 +38,7 @@ from rlhfkit.modeling import (
     read_meta,
     save_model,
 )
-from rlhfkit.stages.lm import finished_earlier, settings_of
+from rlhfkit.stages.lm import finished_earlier, provenance, settings_of
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -82,9 +82,9 @@ def run(cfg: RewardConfig):
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
-        start = state["step"]
+    start, changed = 0, {}
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
+        start, changed = state["step"], state["changed"]
         console.print(f"[reward] resuming from {out}/checkpoint at step {start}")
     # A fixed train subset as large as the val set: the train/val accuracy gap measures over-fitting.
     train_probe = random.Random(cfg.seed).sample(train_items, min(len(train_items), max(len(val_items), 1)))
@@ -130,10 +130,10 @@ def run(cfg: RewardConfig):
                 tracker.log(done, metrics, show=("loss", "accuracy", "val_accuracy"))
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-                save_checkpoint(accelerator, out, done)
+                save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
     final = accelerator.unwrap_model(model).model.eval()
-    bias, scale = centre_on_demonstrations(final, tokenizer, cfg, train_items)
+    bias, scale = centre_on_demonstrations(final, tokenizer, cfg, train_items, demos)
     final.config.reward_bias, final.config.reward_std = bias, scale
     if scale < NARROW_REWARD_STD:
         console.print(f"[reward] warning: {narrow_rewards(scale)}")
@@ -149,7 +149,7 @@ def run(cfg: RewardConfig):
             reward_bias=bias,
             reward_std=scale,
             kwise=cfg.kwise,
-            settings=settings_of(cfg),
+            **provenance(cfg, changed),
         )
         remove_checkpoint(out)
         report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
