@@ -194,9 +194,33 @@ def test_a_value_out_of_range_names_the_setting_its_flag_and_its_range(cls, key,
     cls()  # the defaults are in range
 
 
-def test_an_unknown_precision_lists_the_ones_there_are():
-    with pytest.raises(ValueError, match=r"mixed_precision = 'bf17': use one of auto, no, bf16, fp16"):
-        PPOConfig(mixed_precision="bf17")
+@pytest.mark.parametrize(
+    "cls, key, value, choices",
+    [
+        (PPOConfig, "mixed_precision", "bf17", "auto, no, bf16, fp16"),
+        (PPOConfig, "algo", "grpo", "ppo, rloo"),  # was checked only after the four models loaded
+        (PPOConfig, "kl_estimator", "k9", "k1, k2, k3, abs"),  # only at the first rollout's KL
+        (DPOConfig, "loss_type", "hinge", "sigmoid, ipo, robust"),  # only after the reference pass
+    ],
+)
+def test_an_unknown_choice_lists_the_ones_there_are(cls, key, value, choices):
+    with pytest.raises(ValueError) as err:
+        cls(**{key: value})
+    assert str(err.value) == f"{key} = {value!r}: use one of {choices} (--{key.replace('_', '-')})"
+
+
+def test_every_choice_names_a_setting_there_is():
+    import dataclasses
+
+    from rlhfkit.config import CHOICES
+
+    for name in CHOICES:
+        defaults = [
+            getattr(cls(), name)
+            for cls in (PPOConfig, DPOConfig)
+            if name in {f.name for f in dataclasses.fields(cls)}
+        ]
+        assert defaults and all(d in CHOICES[name] for d in defaults), name
 
 
 def test_a_yaml_value_out_of_range_is_a_user_error(tmp_path, capsys):

@@ -58,6 +58,15 @@ LIMITS = {
     "vocab_size": _at_least(16),
 }
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
+# The settings that name one of a few choices, by name: checked when the settings are made, before any work.
+CHOICES = {
+    "mixed_precision": PRECISIONS,
+    "algo": ("ppo", "rloo"),
+    "kl_estimator": KL_ESTIMATORS,
+    "loss_type": DPO_LOSS_TYPES,
+}
 
 
 # Settings that say how a stage runs, not what it makes: left out of the settings a model records and of the
@@ -77,12 +86,12 @@ class Settings:
 
 
 def check_limits(config) -> None:
-    """A ValueError naming the setting, its flag and its range for the first value out of range."""
+    """A ValueError naming the setting, its flag and its range (or choices) for the first value outside them."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "mixed_precision" and value not in PRECISIONS:
-            raise ValueError(f"{f.name} = {value!r}: use one of {', '.join(PRECISIONS)} ({flag})")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise ValueError(f"{f.name} = {value!r}: use one of {', '.join(CHOICES[f.name])} ({flag})")
         if f.name not in LIMITS or value is None or isinstance(value, bool):
             continue
         ok, rule = LIMITS[f.name]

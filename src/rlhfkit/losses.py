@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhfkit.config import DPO_LOSS_TYPES, KL_ESTIMATORS
+
 # --------------------------------------------------------------------------------------------------------------
 # masked statistics
 
@@ -189,7 +191,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
         return torch.expm1(-logr) + logr
     if estimator == "abs":
         return logr.abs()
-    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of 'k1', 'k2', 'k3', 'abs'")
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
@@ -315,7 +317,7 @@ def dpo_loss(
         assert ls < 0.5, f"robust DPO needs label_smoothing < 0.5, got {ls}"
         losses = (-(1 - ls) * F.logsigmoid(beta * logits) + ls * F.logsigmoid(-beta * logits)) / (1 - 2 * ls)
     else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of 'sigmoid', 'ipo', 'robust'")
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSS_TYPES)}")
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
     loss = losses.mean() if weights is None else (weights * losses).sum()

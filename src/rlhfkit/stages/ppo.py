@@ -88,8 +88,6 @@ def run(cfg: PPOConfig, reward_fn=None):
     out = Path(cfg.out)
     if finished_earlier(cfg, cfg.algo):
         return None
-    if cfg.algo not in ("ppo", "rloo"):
-        raise ValueError(f"ppo --algo {cfg.algo!r}: use 'ppo' or 'rloo'")
     if cfg.algo == "rloo" and (cfg.rloo_k < 2 or cfg.batch_size % cfg.rloo_k):
         raise ValueError(
             f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
