@@ -137,6 +137,11 @@ def test_bad_yaml_through_the_cli_is_exit_code_2(write_yaml, captured_config, ca
     assert captured_config == []  # nothing ran
 
 
+def test_a_missing_config_file_is_named(tmp_path, capsys):
+    assert main(["sft", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert f"error: --config {tmp_path / 'nope.yaml'}: no such file" in console_text(capsys)
+
+
 def test_pipeline_section_values_are_converted(write_yaml, tmp_path, capsys):
     path = write_yaml("methods: ppo\nppo:\n  kl_coef: 2e-1\n  iterations: '5'\n")
     out = tmp_path / "run"
@@ -157,6 +162,7 @@ def test_pipeline_section_values_are_converted(write_yaml, tmp_path, capsys):
         ("seed: abc\n", "seed: expected an integer, got 'abc'"),
         ("ppo: 3\n", "ppo: expected a mapping of settings, got 3"),
         ("ppo: {kl_coef: 0.1\n", "not valid YAML at line"),
+        ("sfft:\n  epochs: 2\n", "unknown section or setting 'sfft'; sections: ['pretrain', 'sft'"),
     ],
 )
 def test_pipeline_bad_yaml_names_file_section_and_key(write_yaml, tmp_path, capsys, text, expected):

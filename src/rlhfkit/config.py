@@ -430,6 +430,8 @@ def from_args(cls: type, namespace: argparse.Namespace):
 
 def read_yaml(path: str | Path) -> dict:
     """A YAML file's mapping; a syntax error is a one-line ValueError naming the file, not a parser traceback."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:

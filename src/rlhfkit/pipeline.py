@@ -372,6 +372,12 @@ def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
     data = C.read_yaml(path) if path else {}
     top_names = {f.name for f in dataclasses.fields(PipelineConfig)}
     top = C.yaml_settings(PipelineConfig, {k: v for k, v in data.items() if k in top_names}, path)
+    unknown = [k for k in data if k not in top_names and k not in STEP_CONFIGS]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown section or setting {unknown[0]!r}; sections: {list(STEP_CONFIGS)}, "
+            f"settings: {sorted(top_names)}"
+        )
     # Values are typed here, where the file is known; `resolve` names unknown sections.
     sections = {
         k: C.yaml_settings(STEP_CONFIGS[k], v or {}, path, k) if k in STEP_CONFIGS else v
