@@ -272,6 +272,33 @@ BAD_ROWS = [
         "rejected",
         "does not share",
     ),
+    (
+        load_preferences,
+        {**GOOD_RM, "chosen": "a", "rejected": "b"},
+        "responses",
+        'is given together with "chosen"/"rejected", so it is unclear which responses to rank. Keep one format: '
+        '"responses" with "ranking" or "ranks" (K-wise), or "chosen" and "rejected"',
+    ),
+    (load_preferences, {"prompt": "p", "ranks": [1, 2], "chosen": "a"}, "ranks", 'together with "chosen"'),
+    (
+        load_preferences,
+        {"prompt": "p", "chosen": "a", "rejected": "b", "ended": [True]},
+        "ended",
+        "[true] is not a list of 2 true/false values. Give one boolean per response, in the order "
+        "[chosen, rejected]",
+    ),
+    (
+        load_preferences,
+        {"prompt": "p", "chosen": "a", "rejected": "b", "ended": "yes"},
+        "ended",
+        "is not a list of 2 true/false values",
+    ),
+    (
+        load_preferences,
+        {"prompt": "p", "chosen": "a", "rejected": "a", "ended": [True, True]},
+        "rejected",
+        'identical to "chosen"',
+    ),
     (load_prompts, {"prompt": ""}, "prompt", "is empty"),
     (load_prompts, {"prompt": "q", "messages": [user("q2")]}, "messages", 'given together with "prompt"'),
     (load_prompts, {"prompt": "q", "messages": [assistant("x")]}, "messages", 'Keep one: "prompt"'),
@@ -398,3 +425,18 @@ def test_ended_must_be_one_boolean_per_response(tmp_path):
     with pytest.raises(DataError) as info:
         load_preferences(path)
     assert str(info.value).startswith(f'{path}:1: field "ended": [true] is not a list of 2 true/false values')
+
+
+def test_pairwise_ended_is_chosen_then_rejected(tmp_path):
+    # As in K-wise rows: the same text once ended and once cut off is two answers, and a sampled answer may be empty.
+    rows = [
+        {"prompt": "p", "chosen": "good", "rejected": "bad", "ended": [True, False]},
+        {"prompt": "p", "chosen": "a", "rejected": "a", "ended": [True, False]},
+        {"prompt": "p", "chosen": "", "rejected": "rambling", "ended": [True, False]},
+    ]
+    items = load_preferences(write_lines(tmp_path / "pairs.jsonl", rows))
+    assert items[0] == Ranked("p", ["good", "bad"], [1, 2], ended=[True, False])
+    assert (
+        items[1].responses == ["a", "a"] and items[1].ended == [True, False] and items[1].pairs() == [(0, 1)]
+    )
+    assert items[2].responses == ["", "rambling"]

@@ -10,6 +10,7 @@ Formats (one JSON object per line, UTF-8; TRL's conventions so users can bring e
                  {"prompt": str, "chosen": str, "rejected": str}                 the K = 2 case
                  {"chosen": [messages], "rejected": [messages]}                   TRL conversational,
                                                                                   "prompt" optional
+                 any of them + "ended": [bool x K], [chosen, rejected] for pairs  false = cut off before EOS
     prompts      {"prompt": str, ...}   or   {"messages": [...]}                  extra fields kept in `meta`
 
 `.jsonl` / `.json` files are read here line by line; `.parquet`, `.csv`, `.tsv`, `.arrow` files and
@@ -367,7 +368,16 @@ def _parse_sft(location: str, record: dict) -> PromptCompletion:
 
 
 def _parse_preference(location: str, record: dict) -> Ranked:
-    if any(_has(record, key) for key in ("responses", "ranking", "ranks")):
+    kwise = [key for key in ("responses", "ranking", "ranks") if _has(record, key)]
+    if kwise:
+        _alone(
+            location,
+            record,
+            kwise[0],
+            ["chosen", "rejected"],
+            ", so it is unclear which responses to rank",
+            'Keep one format: "responses" with "ranking" or "ranks" (K-wise), or "chosen" and "rejected"',
+        )
         return _parse_kwise(location, record)
     if _has(record, "chosen") or _has(record, "rejected"):
         return _parse_pairwise(location, record)
@@ -451,16 +461,7 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
             'Add "ranking": [i_best, ..., i_worst] (indices into "responses") '
             'or "ranks": [1, 2, 2, ...] (1 = best, equal = tie)',
         )
-    ended = None
-    if _has(record, "ended"):
-        ended = record["ended"]
-        if not isinstance(ended, list) or len(ended) != k or not all(isinstance(e, bool) for e in ended):
-            raise _error(
-                location,
-                "ended",
-                f"{_show(ended)} is not a list of {k} true/false values",
-                "Give one boolean per response (false = the response was cut off), or leave the field out",
-            )
+    ended = _ended(location, record, k)
     # The same answer twice must tie, as chosen == rejected is refused.
     first: dict[tuple[str, bool], int] = {}  # (answer, ended) -> the index it first appears at
     for i, key in enumerate(zip(responses, ended or [True] * k)):
@@ -478,8 +479,10 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
 def _parse_pairwise(location: str, record: dict) -> Ranked:
     chosen_value = _field(location, record, "chosen")
     rejected_value = _field(location, record, "rejected")
-    chosen = _response(location, "chosen", chosen_value)
-    rejected = _response(location, "rejected", rejected_value)
+    sampled = _has(record, "ended")  # as in K-wise rows: sampled answers may be empty
+    chosen = _response(location, "chosen", chosen_value, allow_empty=sampled)
+    rejected = _response(location, "rejected", rejected_value, allow_empty=sampled)
+    ended = _ended(location, record, 2, order=", in the order [chosen, rejected]")
 
     if _has(record, "prompt"):
         prompt, prompt_turns = _prompt(location, record)
@@ -502,14 +505,15 @@ def _parse_pairwise(location: str, record: dict) -> Ranked:
             'Add "prompt", or give "chosen" and "rejected" as message lists '
             "that share the conversation before the answer",
         )
-    if chosen == rejected:
+    # As in K-wise rows, the same text once ended and once cut off is two different answers.
+    if chosen == rejected and (ended is None or ended[0] == ended[1]):
         raise _error(
             location,
             "rejected",
             'is identical to "chosen"',
             "A preference needs two different responses; fix or remove the row",
         )
-    return Ranked(prompt, [chosen, rejected], [1, 2], prompt_messages=prompt_turns)
+    return Ranked(prompt, [chosen, rejected], [1, 2], prompt_messages=prompt_turns, ended=ended)
 
 
 def _parse_prompt(location: str, record: dict) -> Prompt:
@@ -635,7 +639,22 @@ def _prompt(location: str, record: dict) -> tuple[str, list[dict] | None]:
     return _text(location, "prompt", value), None
 
 
-def _response(location: str, name: str, value: Any) -> str:
+def _ended(location: str, record: dict, k: int, order: str = "") -> list[bool] | None:
+    """The optional "ended" field: one boolean per response, False = the response was cut off before EOS."""
+    if not _has(record, "ended"):
+        return None
+    ended = record["ended"]
+    if not isinstance(ended, list) or len(ended) != k or not all(isinstance(e, bool) for e in ended):
+        raise _error(
+            location,
+            "ended",
+            f"{_show(ended)} is not a list of {k} true/false values",
+            f"Give one boolean per response{order} (false = the response was cut off), or leave the field out",
+        )
+    return ended
+
+
+def _response(location: str, name: str, value: Any, allow_empty: bool = False) -> str:
     """A response given as text or, TRL-style, as a conversation whose last turn is the assistant's answer."""
     if isinstance(value, list):
         turns = _messages(location, name, value)
@@ -647,7 +666,7 @@ def _response(location: str, name: str, value: Any) -> str:
                 "End it with the answer being ranked",
             )
         return turns[-1]["content"]
-    return _text(location, name, value)
+    return _text(location, name, value, allow_empty)
 
 
 def _no_format(location: str, record: dict, kind: str, formats: list[str]) -> DataError:
