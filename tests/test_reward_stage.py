@@ -294,24 +294,100 @@ def test_label_settings_of_a_file_label_did_not_write_are_the_named_defaults(tmp
     }
 
 
-def test_best_answers_standing_in_for_demonstrations_keep_their_ended_flag(monkeypatch):
-    # A best-ranked answer that was cut off is scored as cut off (no EOS), as the reward model saw it.
+def fake_scores(monkeypatch, score_of: dict[str, float]) -> dict:
+    """Replace `score_responses` with a lookup of each answer's score; returns what it was asked to score."""
     scored = {}
 
     def fake(model, tokenizer, prompts, responses, ended=None, max_len=256, batch_size=64):
         scored.update(prompts=prompts, responses=responses, ended=ended)
-        return torch.tensor([1.0, 3.0])
+        return torch.tensor([score_of[r] for r in responses])
 
     monkeypatch.setattr(reward, "score_responses", fake)
+    return scored
+
+
+def test_best_answers_standing_in_for_demonstrations_keep_their_ended_flag(monkeypatch):
+    # A best-ranked answer that was cut off is scored as cut off (no EOS), as the reward model saw it.
+    scored = fake_scores(monkeypatch, {"cut off": 1.0, "done": 0.0, "first": 5.0, "second": 3.0})
     items = [
         Ranked("Hi?", ["cut off", "done"], [1, 2], ended=[False, True]),
         Ranked("Bye?", ["first", "second"], [2, 1]),  # no "ended" field: every answer ended
     ]
     model = SimpleNamespace(config=SimpleNamespace(reward_bias=5.0))
-    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(max_len=32), items)
-    assert scored == {"prompts": ["Hi?", "Bye?"], "responses": ["cut off", "second"], "ended": [False, True]}
-    assert (bias, model.config.reward_bias) == (-2.0, 0.0)
-    assert scale == pytest.approx(2**0.5)
+    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(max_len=32), items, None)
+    assert scored == {
+        "prompts": ["Hi?", "Hi?", "Bye?", "Bye?"],
+        "responses": ["cut off", "done", "first", "second"],
+        "ended": [False, True, True, True],
+    }
+    assert (bias, model.config.reward_bias) == (
+        -2.0,
+        0.0,
+    )  # the best answers, "cut off" and "second", average 0
+    assert scale == pytest.approx(torch.tensor([1.0, 0.0, 5.0, 3.0]).std().item())
+
+
+def test_identical_best_answers_do_not_shrink_the_reward_scale(monkeypatch):
+    # Every ranking's best answer is the same text, so the best answers' scores do not spread at all; the scale
+    # PPO divides rewards by is the spread between all the answers ranked, not ~0 (which would blow rewards up).
+    fake_scores(monkeypatch, {"Paris.": 2.0, "Lyon.": -1.0, "No idea.": -3.0})
+    items = [
+        Ranked("Capital of France?", ["Lyon.", "Paris.", "No idea."], [2, 1, 3]),
+        Ranked("Where is the Louvre?", ["Paris.", "No idea."], [1, 2]),
+    ]
+    model = SimpleNamespace(config=SimpleNamespace(reward_bias=0.0))
+    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(), items, None)
+    assert bias == -2.0  # the best answers, which stand in for demonstrations, score 0
+    assert scale == pytest.approx(torch.tensor([-1.0, 2.0, -3.0, 2.0, -3.0]).std().item())
+    assert scale > 2.0
+
+
+def test_demonstrations_files_are_read_before_training(tmp_path):
+    sft = tmp_path / "sft.jsonl"
+    turns = [{"role": "user", "content": "去哪玩？"}, {"role": "assistant", "content": "重庆。"}]
+    sft.write_text(
+        json.dumps({"prompt": "你好", "completion": "你好！"}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"messages": turns}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    cfg = RewardConfig(demonstrations=str(sft))
+    assert reward.load_demonstrations(cfg, []) == [("你好", "你好！", True), (turns[:1], "重庆。", True)]
+    assert reward.load_demonstrations(RewardConfig(demonstrations=""), []) is None
+    world = reward.load_demonstrations(
+        RewardConfig(), [Ranked(demonstrations()[0]["prompt"], ["a", "b"], [1, 2])]
+    )
+    assert world == [(d["prompt"], d["completion"], True) for d in demonstrations()]
+
+
+def test_bad_demonstrations_file_stops_before_any_training_step(tiny_sft, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 1 plus 1?", "chosen": "2.", "rejected": "3."}) + "\n")
+    out = tmp_path / "rm"
+    args = ["reward", "--model", str(tiny_sft), "--data", str(data), "--out", str(out), "--max-steps", "2"]
+    code = main([*args, "--demonstrations", str(data)])  # comparisons, not demonstrations
+    assert code == 2
+    captured = capsys.readouterr()
+    message = " ".join((captured.out + captured.err).split())
+    assert f'reward --demonstrations {data}: {data}:1: field "completion": is missing' in message
+    assert "Traceback" not in message
+    assert not (out / "metrics.jsonl").exists() and not (out / "rlhfkit.json").exists()
+
+
+def test_responses_cut_by_max_len_are_counted_once_before_training(tiny_sft, capsys):
+    tokenizer = load_tokenizer(tiny_sft)
+    short = Ranked("去哪玩？", ["重庆。", "不知道"], [1, 2])
+    long = Ranked("去哪玩？", ["重庆有洪崖洞、解放碑和磁器口。" * 6, "不知道"], [1, 2], ended=[False, True])
+    length = len(reward.encode_items(tokenizer, [long], max_len=10_000)[0])  # chat(prompt) + response, no EOS
+    reward.warn_if_truncated(tokenizer, [short, long], max_len=length)
+    assert "warning" not in capsys.readouterr().err  # exactly max_len tokens: nothing is cut
+    reward.warn_if_truncated(tokenizer, [short, long], max_len=length - 1)
+    printed = " ".join(capsys.readouterr().err.split())
+    assert printed == (
+        f"[reward] warning: 1 of 4 responses are longer than --max-len {length - 1} with their prompt; they keep "
+        f"their last {length - 1} tokens (the prompt's start is cut)"
+    )
 
 
 def test_conversation_prompts_without_a_chat_template_stop_before_training(tiny_sft, tmp_path):

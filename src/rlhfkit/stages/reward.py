@@ -14,7 +14,9 @@ the model does not over-fit to responses it sees K−1 times an epoch — Instru
 The model is the SFT model with a scalar head on the last non-pad token of `chat(prompt) + response (+ EOS)`,
 saved as a stock `AutoModelForSequenceClassification` (num_labels=1). After training, rewards are shifted so that
 the SFT demonstrations score 0 on average (InstructGPT). Llama-style heads have no bias, so the shift is stored as
-`config.reward_bias` and added by `score_responses`/PPO; `config.reward_std` records the reward scale.
+`config.reward_bias` and added by `score_responses`/PPO; `config.reward_std` records the reward scale. A user's
+comparisons given without demonstrations are centred on their best-ranked answers instead, and their scale is
+measured over all the answers ranked (`centre_on_demonstrations`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import LabelConfig, RewardConfig
-from rlhfkit.data import Ranked, load_preferences
+from rlhfkit.data import DataError, Ranked, load_preferences, load_sft
 from rlhfkit.losses import ranking_accuracy, ranking_loss
 from rlhfkit.modeling import (
     TokenScores,
@@ -65,6 +67,7 @@ def run(cfg: RewardConfig):
     seed_everything(cfg.seed)
     items = load_comparisons(cfg)
     train_items, val_items = split_by_prompt(items, cfg.val_fraction, cfg.seed)
+    demos = load_demonstrations(cfg, train_items)  # before training: a bad file must not cost a trained model
     elements = train_items if cfg.kwise else as_independent_pairs(train_items, cfg.seed)
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(elements) / (cfg.batch_size * cfg.grad_accum))
     console.print(
@@ -77,6 +80,7 @@ def run(cfg: RewardConfig):
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
     check_conversations(tokenizer, items, f"reward --data {comparisons_path(cfg)}")
+    warn_if_truncated(tokenizer, items, cfg.max_len)
     model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -214,6 +218,18 @@ def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
         )
 
 
+def warn_if_truncated(tokenizer, items: list[Ranked], max_len: int) -> None:
+    """Say how many responses lose their prompt's start to --max-len (`encode_response` keeps the last tokens)."""
+    # Encoded to max_len + 1 tokens, a row is too long exactly when it keeps all of them: one pass, no second count.
+    rows = encode_items(tokenizer, items, max_len + 1)
+    too_long = sum(len(row) > max_len for row in rows)
+    if too_long:
+        console.print(
+            f"[reward] warning: {too_long} of {len(rows)} responses are longer than --max-len {max_len} with "
+            f"their prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
+        )
+
+
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
     """Token ids of chat(prompt); `prompt` may be a whole conversation (`Ranked.context`)."""
     return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
@@ -240,6 +256,17 @@ def encode_rows(
     return rows
 
 
+def encode_items(tokenizer, items: list[Ranked], max_len: int) -> list[list[int]]:
+    """`encode_rows` of every response of every item, item by item, in the order of its responses."""
+    return encode_rows(
+        tokenizer,
+        [item.context for item in items for _ in item.responses],
+        [response for item in items for response in item.responses],
+        [e for item in items for e in item.ended or [True] * len(item.responses)],
+        max_len,
+    )
+
+
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -253,13 +280,7 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
     """Score every response of every item in one forward; returns rewards, ranks and mask, each (P, K_max)."""
     where = [(p, k) for p, item in enumerate(items) for k in range(len(item.responses))]
-    rows = encode_rows(
-        tokenizer,
-        [items[p].context for p, _ in where],
-        [items[p].responses[k] for p, k in where],
-        [items[p].ended[k] if items[p].ended else True for p, k in where],
-        max_len,
-    )
+    rows = encode_items(tokenizer, items, max_len)  # in the order of `where`
     ids, mask = right_pad(rows, tokenizer.pad_token_id)
     flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
     k_max = max(len(i.responses) for i in items)
@@ -336,37 +357,66 @@ def narrow_rewards(std: float) -> str:
     )
 
 
-def centre_on_demonstrations(model, tokenizer, cfg: RewardConfig, items: list[Ranked]) -> tuple[float, float]:
-    """Bias that gives the SFT demonstrations mean reward 0 (InstructGPT), and the reward std on them.
+Demo = tuple[str | list[dict], str, bool]  # (prompt or conversation, completion, ended)
 
-    The default, 'world', means the embedded world's demonstrations; for comparisons that are not the world's
-    (a user's data), their own best-ranked answers stand in for demonstrations, and the run says so."""
+
+def load_demonstrations(cfg: RewardConfig, items: list[Ranked]) -> list[Demo] | None:
+    """The demonstrations the reward is centred on, read before any training step so that a bad
+    --demonstrations FILE stops the run at once: the embedded world's ('world'), the rows of FILE, or None when
+    there are none ('') or the comparisons are not the world's (their best-ranked answers stand in, see
+    `centre_on_demonstrations`)."""
     if not cfg.demonstrations:
-        return 0.0, 1.0
+        return None
+    if cfg.demonstrations != "world":
+        try:
+            rows = load_sft(cfg.demonstrations)
+        except DataError as err:
+            raise DataError(f"reward --demonstrations {cfg.demonstrations}: {err}") from None
+        return [(row.messages[:-1] if row.messages else row.prompt, row.completion, True) for row in rows]
     from rlhfkit.world import demonstrations, parse_prompt
 
-    if cfg.demonstrations == "world" and any(parse_prompt(item.prompt) is None for item in items):
+    if any(parse_prompt(item.prompt) is None for item in items):
         console.print(
             "[reward] these comparisons are not the embedded world's: the reward is centred on their best-ranked "
-            "answers (--demonstrations FILE centres it on your SFT data, --demonstrations '' not at all)"
+            "answers and scaled by the spread of all their answers (--demonstrations FILE centres it on your SFT "
+            "data, --demonstrations '' not at all)"
         )
-        best = [item.ranks.index(min(item.ranks)) for item in items]
-        # (prompt, answer, ended): a best answer that was cut off is scored without the EOS it never had
-        demos = [
-            (item.context, item.responses[k], item.ended[k] if item.ended else True)
-            for item, k in zip(items, best)
-        ]
-    elif cfg.demonstrations == "world":
-        demos = [(d["prompt"], d["completion"], True) for d in demonstrations()]
-    else:
-        from rlhfkit.data import load_sft
+        return None
+    return [(d["prompt"], d["completion"], True) for d in demonstrations()]
 
-        rows = load_sft(cfg.demonstrations)
-        demos = [(row.messages[:-1] if row.messages else row.prompt, row.completion, True) for row in rows]
+
+def centre_on_demonstrations(
+    model, tokenizer, cfg: RewardConfig, items: list[Ranked], demos: list[Demo] | None
+) -> tuple[float, float]:
+    """Bias that gives the SFT demonstrations mean reward 0 (InstructGPT), and the reward std on them.
+
+    `demos` comes from `load_demonstrations`. For comparisons that are not the embedded world's (a user's data,
+    `demos` None) their own best-ranked answers stand in for demonstrations: they give the bias, but the std is
+    taken over all the answers of those rankings — best answers may be near-identical, and their tiny spread,
+    which PPO divides rewards by, would blow the rewards up; the spread between answers is the reward's scale."""
+    if not cfg.demonstrations:
+        return 0.0, 1.0
     model.config.reward_bias = 0.0
+    if demos is None:
+        return centre_on_best_answers(model, tokenizer, items, cfg.max_len)
     prompts, completions, ended = (list(column) for column in zip(*demos))
     scores = score_responses(model, tokenizer, prompts, completions, ended, max_len=cfg.max_len)
     return -float(scores.mean()), float(scores.std()) if len(scores) > 1 else 1.0
+
+
+def centre_on_best_answers(model, tokenizer, items: list[Ranked], max_len: int) -> tuple[float, float]:
+    """Bias from the best-ranked answers' mean, std over every answer of the rankings (one pass over them)."""
+    rows: list[Demo] = []  # (prompt, answer, ended) of every answer
+    best = []  # the index in `rows` of each ranking's best answer
+    for item in items:
+        best.append(len(rows) + item.ranks.index(min(item.ranks)))
+        # an answer that was cut off is scored without the EOS it never had
+        rows += [
+            (item.context, r, e) for r, e in zip(item.responses, item.ended or [True] * len(item.responses))
+        ]
+    prompts, responses, ended = (list(column) for column in zip(*rows))
+    scores = score_responses(model, tokenizer, prompts, responses, ended, max_len=max_len)
+    return -float(scores[best].mean()), float(scores.std()) if len(scores) > 1 else 1.0
 
 
 def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardConfig) -> dict:
