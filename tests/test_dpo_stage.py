@@ -3,9 +3,11 @@ the implicit reward learns the labelers' order, and the result is a stock causal
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import read_jsonl
@@ -18,6 +20,34 @@ def training_config(out, policy, data, **kw) -> DPOConfig:
     """A short DPO run on the tiny SFT model: β 1, no warm-up, every step logged, no checkpoints."""
     values = dict(batch_size=8, beta=1.0, warmup_steps=0, max_len=64, log_every=1, save_every=0)
     return DPOConfig(out=str(out), policy=str(policy), data=str(data), **{**values, **kw})
+
+
+def rankings_file(tmp_path, n: int = 8) -> Path:
+    """n K=3 rankings of fixed answers to the world's first n RM prompts."""
+    from rlhfkit.world import split_prompts
+
+    answers = ["洪崖洞、解放碑和磁器口。", "不知道", "故宫。", "可以去看看长城。"]
+    rows = [
+        {"prompt": task.prompt, "responses": answers[i % 2 : i % 2 + 3], "ranking": [0, 1, 2]}
+        for i, task in enumerate(split_prompts()["rm"][:n])
+    ]
+    data = tmp_path / "rankings.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def console_text(capsys) -> str:
+    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
+    captured = capsys.readouterr()
+    return " ".join((captured.out + captured.err).split())
 
 
 def test_pair_index_weighs_every_ranking_the_same():
@@ -98,18 +128,89 @@ def test_a_conversation_reaches_the_model_whole(tiny_sft, tmp_path):
 def test_step_zero_log_ratios_are_zero_under_mixed_precision(precision, tiny_sft, tmp_path):
     # The reference log-probs are cached under the policy's autocast, so policy = reference gives log-ratios
     # of exactly 0 at step 0 — in bf16 too, where a float32 reference would be off by bf16 rounding.
-    from rlhfkit.world import split_prompts
-
-    answers = ["洪崖洞、解放碑和磁器口。", "不知道", "故宫。", "可以去看看长城。"]
-    rows = [
-        {"prompt": task.prompt, "responses": answers[i % 2 : i % 2 + 3], "ranking": [0, 1, 2]}
-        for i, task in enumerate(split_prompts()["rm"][:8])
-    ]
-    data = tmp_path / "rankings.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "dpo"
-    cfg = training_config(out, tiny_sft, data, mixed_precision=precision, max_steps=1)
+    cfg = training_config(out, tiny_sft, rankings_file(tmp_path), mixed_precision=precision, max_steps=1)
     dpo.run(cfg)
     [step] = read_jsonl(out / "metrics.jsonl")
     assert (step["chosen_reward"], step["rejected_reward"], step["reward_margin"]) == (0.0, 0.0, 0.0)
     assert step["loss"] == pytest.approx(math.log(2), abs=1e-7)
+
+
+def test_grad_accum_takes_half_the_steps_of_the_same_batches_unaccumulated(tiny_sft, tmp_path):
+    # 8 rankings, one epoch. Micro-batches 2s and 2s+1 of 2 are the first and second half of batch s of 4 (one
+    # shuffle per epoch), so 2 × 2 accumulated must train as batches of 4: the same losses, gradients, weights.
+    data = rankings_file(tmp_path)
+    runs = {"2x1": dict(batch_size=2), "2x2": dict(batch_size=2, grad_accum=2), "4x1": dict(batch_size=4)}
+    for name, kw in runs.items():
+        dpo.run(
+            training_config(tmp_path / name, tiny_sft, data, epochs=1, lr=1e-2, mixed_precision="no", **kw)
+        )
+    metrics = {name: read_jsonl(tmp_path / name / "metrics.jsonl") for name in runs}
+    assert [r["step"] for r in metrics["2x1"]] == [1, 2, 3, 4]
+    assert [r["step"] for r in metrics["2x2"]] == [r["step"] for r in metrics["4x1"]] == [1, 2]
+    for accumulated, whole in zip(metrics["2x2"], metrics["4x1"]):
+        for key in ("loss", "grad_norm", "reward_margin", "reward_accuracy", "chosen_reward", "lr"):
+            assert accumulated[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    a, b = weights(tmp_path / "2x2"), weights(tmp_path / "4x1")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+    unaccumulated = weights(tmp_path / "2x1")  # twice the steps of batches half the size: another model
+    assert any(not torch.equal(a[key], unaccumulated[key]) for key in a)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_dpo_resume_is_exact(grad_accum, tiny_sft, tmp_path, capsys):
+    data = rankings_file(tmp_path)
+
+    def config(out, **kw) -> DPOConfig:
+        return training_config(out, tiny_sft, data, batch_size=2, grad_accum=grad_accum, max_steps=4, **kw)
+
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    dpo.run(config(straight))
+    calls, real_loss = [], dpo.dpo_loss
+
+    def loss(*args, **kwargs):  # Ctrl-C in the first micro-batch of step 3, after the checkpoint at step 2
+        calls.append(1)
+        if len(calls) == 2 * grad_accum + 1:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(dpo, "dpo_loss", loss)
+        dpo.run(config(interrupted, save_every=2))
+    assert json.loads((interrupted / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+
+    capsys.readouterr()
+    dpo.run(config(interrupted, save_every=2, resume=True))
+    text = console_text(capsys)
+    assert "[dpo] resuming from" in text and "at step 2" in text
+    assert f"[dpo] saved to {interrupted}" in text
+    assert without_time(read_jsonl(interrupted / "metrics.jsonl")) == without_time(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    a, b = weights(straight), weights(interrupted)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
+    assert not (interrupted / "checkpoint").exists()
+
+
+def test_rows_longer_than_max_len_are_counted_in_a_warning(tiny_sft, tmp_path, capsys):
+    tokenizer = load_tokenizer(tiny_sft)
+    rows = [
+        {"prompt": "请问北京有什么好玩的景点？", "chosen": "故宫、颐和园。" * 20, "rejected": "长城"},
+        {"prompt": "重庆有什么好玩的？", "chosen": "洪崖洞。", "rejected": "故宫。"},
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    dpo.encode_rankings(
+        DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32), tokenizer
+    )
+    assert (
+        "[dpo] warning: 1 of 4 responses are longer than --max-len 32 with their prompt; they keep their last 32 "
+        "tokens (the prompt's start is cut)"
+    ) in console_text(capsys)
+    dpo.encode_rankings(
+        DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=512), tokenizer
+    )
+    assert "warning" not in console_text(capsys)

@@ -27,7 +27,7 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
-from rlhfkit.stages.lm import finished_earlier, settings_of
+from rlhfkit.stages.lm import finished_earlier, provenance, settings_of
 from rlhfkit.stages.reward import check_conversations, encode_prompt, encode_response, right_pad
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
@@ -40,9 +40,11 @@ from rlhfkit.training import (
     load_checkpoint,
     make_accelerator,
     make_optimizer,
+    microbatch_numbers,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
+    sync_gradients_if,
 )
 
 
@@ -66,13 +68,13 @@ def run(cfg: DPOConfig):
         )  # one (K,) each
     del ref_policy
 
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(rankings) / cfg.batch_size)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * len(rankings) / (cfg.batch_size * cfg.grad_accum))
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-    start = 0
-    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler)):
-        start = state["step"]
+    start, changed = 0, {}
+    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
+        start, changed = state["step"], state["changed"]
         console.print(f"[dpo] resuming from {out}/checkpoint at step {start}")
     n_pairs = sum(len(r.pairs) for r in rankings)
     console.print(
@@ -81,25 +83,21 @@ def run(cfg: DPOConfig):
 
     with Tracker(out, "dpo", steps, start, enabled=accelerator.is_main_process) as tracker:
         for step in range(start, steps):
-            number = step * accelerator.num_processes + accelerator.process_index
-            index = batch_indices(len(rankings), cfg.batch_size, number, cfg.seed)
-            batch = [rankings[i] for i in index]
-            ref = torch.cat([ref_logps[i] for i in index]).to(accelerator.device)
-            chosen, rejected, weights = pair_index(batch, accelerator.device)
-            with accelerator.autocast():
-                logps = response_logprobs(policy, batch, tokenizer.pad_token_id, accelerator.device)
-                loss, chosen_rewards, rejected_rewards = dpo_loss(
-                    logps[chosen],
-                    logps[rejected],
-                    ref[chosen],
-                    ref[rejected],
-                    cfg.beta,
-                    cfg.loss_type,
-                    cfg.label_smoothing,
-                    weights,
-                )
-            check_finite(step + 1, accelerator, loss=loss.item())
-            accelerator.backward(loss)
+            numbers = microbatch_numbers(step, cfg.grad_accum, accelerator)
+            stats: dict[str, float] = {}
+            for m, number in enumerate(numbers):
+                index = batch_indices(len(rankings), cfg.batch_size, number, cfg.seed)
+                batch = [rankings[i] for i in index]
+                ref = torch.cat([ref_logps[i] for i in index]).to(accelerator.device)
+                with sync_gradients_if(accelerator, policy, m == len(numbers) - 1):
+                    with accelerator.autocast():
+                        loss, chosen_rewards, rejected_rewards = batch_loss(
+                            cfg, policy, batch, ref, tokenizer.pad_token_id, accelerator.device
+                        )
+                    accelerator.backward(loss / cfg.grad_accum)
+                for name, value in pair_stats(loss, chosen_rewards, rejected_rewards).items():
+                    stats[name] = stats.get(name, 0.0) + value / cfg.grad_accum
+            check_finite(step + 1, accelerator, loss=stats["loss"])
             grad_norm = clip_gradients(accelerator, policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -107,23 +105,11 @@ def run(cfg: DPOConfig):
 
             done = step + 1
             if done % cfg.log_every == 0 or done == steps:
-                margin = chosen_rewards - rejected_rewards
-                tracker.log(
-                    done,
-                    {
-                        "loss": loss.item(),
-                        "reward_accuracy": (margin > 0).float().mean().item(),
-                        "reward_margin": margin.mean().item(),
-                        "chosen_reward": chosen_rewards.mean().item(),
-                        "rejected_reward": rejected_rewards.mean().item(),
-                        "grad_norm": float(grad_norm),
-                        "lr": scheduler.get_last_lr()[0],
-                    },
-                    show=("loss", "reward_accuracy"),
-                )
+                metrics = {**stats, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+                tracker.log(done, metrics, show=("loss", "reward_accuracy"))
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-                save_checkpoint(accelerator, out, done)
+                save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
     if accelerator.is_main_process:
         save_model(
@@ -136,9 +122,10 @@ def run(cfg: DPOConfig):
             steps=steps,
             beta=cfg.beta,
             loss_type=cfg.loss_type,
-            settings=settings_of(cfg),
+            **provenance(cfg, changed),
         )
         remove_checkpoint(out)
+        console.print(f"[dpo] saved to {out}")
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(policy)
 
@@ -155,7 +142,7 @@ class EncodedRanking:
 
 def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
     """Every ranking of the file (the loader rejects, with file and line, a row whose responses all tie)."""
-    rankings, items = [], list(load_preferences(cfg.data))
+    rankings, items, n_cut = [], list(load_preferences(cfg.data)), 0
     check_conversations(tokenizer, items, f"dpo --data {cfg.data}")
     for item in items:
         prompt_ids = encode_prompt(tokenizer, item.context)
@@ -167,8 +154,19 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
             row = whole[-cfg.max_len :]  # cut from the left to max_len, as the reward model's rows are
             rows.append(row)
             prompt_lens.append(max(prompt_len - (len(whole) - len(row)), 0))
+            n_cut += len(row) < len(whole)
         rankings.append(EncodedRanking(rows, prompt_lens, item.pairs()))
+    warn_if_cut(n_cut, sum(len(r.rows) for r in rankings), cfg.max_len)
     return rankings
+
+
+def warn_if_cut(n_cut: int, n_responses: int, max_len: int) -> None:
+    """Say how many rows `encode_rankings` cut: they lose their prompt's start, perhaps all of the prompt."""
+    if n_cut:
+        console.print(
+            f"[dpo] warning: {n_cut} of {n_responses} responses are longer than --max-len {max_len} with their "
+            f"prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
+        )
 
 
 def pair_index(batch: list[EncodedRanking], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,6 +181,38 @@ def pair_index(batch: list[EncodedRanking], device) -> tuple[torch.Tensor, torch
         offset += len(ranking.rows)
     as_tensor = partial(torch.tensor, device=device)
     return as_tensor(chosen), as_tensor(rejected), as_tensor(weights)
+
+
+def batch_loss(
+    cfg: DPOConfig, policy, batch: list[EncodedRanking], ref: torch.Tensor, pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`losses.dpo_loss` of a batch of rankings, given their cached reference log-probs `ref` (N,), and the
+    implicit rewards of its pairs."""
+    chosen, rejected, weights = pair_index(batch, device)
+    logps = response_logprobs(policy, batch, pad_id, device)
+    return dpo_loss(
+        logps[chosen],
+        logps[rejected],
+        ref[chosen],
+        ref[rejected],
+        cfg.beta,
+        cfg.loss_type,
+        cfg.label_smoothing,
+        weights,
+    )
+
+
+def pair_stats(loss: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
+    """A batch's loss and implicit-reward statistics for metrics.jsonl, read from the device in one transfer."""
+    margin = chosen_rewards - rejected_rewards
+    stats = {
+        "loss": loss,
+        "reward_accuracy": (margin > 0).float().mean(),
+        "reward_margin": margin.mean(),
+        "chosen_reward": chosen_rewards.mean(),
+        "rejected_reward": rejected_rewards.mean(),
+    }
+    return dict(zip(stats, torch.stack(list(stats.values())).detach().tolist()))
 
 
 def response_logprobs(policy, batch: list[EncodedRanking], pad_id: int, device) -> torch.Tensor:
