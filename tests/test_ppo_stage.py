@@ -363,6 +363,10 @@ def test_shared_value_head_starts_as_the_rm_head_in_reward_units(tiny_sft, tiny_
             "ppo --temperature 0.0: PPO needs the sampling distribution's log-probabilities",
         ),
         (dict(grad_accum=2), "ppo --grad-accum 2: PPO takes one optimizer step per minibatch"),
+        (
+            dict(lora_r=4, ref_policy="runs/other_sft"),
+            "with LoRA the reference is the policy with its adapters off",
+        ),
     ],
 )
 def test_settings_ppo_cannot_honour_are_refused(setting, message, tiny_sft, tmp_path):

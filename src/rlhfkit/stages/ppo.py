@@ -102,6 +102,11 @@ def run(cfg: PPOConfig, reward_fn=None):
         raise ValueError(
             f"ppo --temperature {cfg.temperature}: PPO needs the sampling distribution's log-probabilities; use > 0"
         )
+    if cfg.lora_r > 0 and cfg.ref_policy:
+        raise ValueError(
+            f"ppo --lora-r {cfg.lora_r} --ref-policy {cfg.ref_policy}: with LoRA the reference is the policy with "
+            "its adapters off (no second model is loaded); leave out --ref-policy, or train without --lora-r"
+        )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
