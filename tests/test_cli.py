@@ -249,6 +249,14 @@ def test_judging_with_a_causal_lm_is_refused(tiny_sft, capsys):
     assert "is not a reward model (LlamaForCausalLM)" in console_text(capsys)
 
 
+def test_a_reward_model_as_a_language_model_is_refused(tiny_reward, tmp_path, capsys):
+    # Its LM head was replaced by the scalar head: SFT, PPO, DPO and eval would start from a random LM head.
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(tiny_reward), "--out", str(out), "--max-steps", "1"]) == 2
+    assert "is a reward model (LlamaForSequenceClassification), not a language model" in console_text(capsys)
+    assert not (out / "model.safetensors").exists()
+
+
 def test_zero_new_tokens_is_a_user_error(tiny_sft, capsys):
     assert main(["generate", "--model", str(tiny_sft), "--prompt", "x", "--max-new-tokens", "0"]) == 2
     assert "max_new_tokens = 0: must be >= 1 (--max-new-tokens)" in console_text(capsys)

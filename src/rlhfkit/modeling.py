@@ -93,8 +93,16 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Any local HF causal LM directory (or hub id when online)."""
-    return from_pretrained(AutoModelForCausalLM, path, "model", dtype=dtype)
+    """Any local HF causal LM directory (or hub id when online); a reward model is refused, since its LM head
+    would be loaded as fresh noise (its scalar head replaced it)."""
+    config = from_pretrained(AutoConfig, path, "model")
+    scalar = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+    if scalar:
+        raise ValueError(
+            f"{path} is a reward model ({scalar[0]}), not a language model: it has no trained LM head to generate "
+            "or train from; give the directory of a pretrained or SFT model"
+        )
+    return from_pretrained(AutoModelForCausalLM, path, "model", config=config, dtype=dtype)
 
 
 def load_reward_model(
@@ -151,9 +159,10 @@ def check_vocab(
     table deep inside torch: say so up front. With `model_dir`, the tokenizer saved there must be this one."""
     if not same_tokenizer(tokenizer, model_dir):
         raise ValueError(
-            f"{where}: the tokenizer saved with this model ({len(own_tokenizer(model_dir))} tokens) is not the one "
-            f"in use ({len(tokenizer)} tokens, from {tokenizer.name_or_path}); models that read each other's "
-            "token ids (policy, reference, reward and value model) must share one tokenizer"
+            f"{where}: the tokenizer saved with this model ({len(own_tokenizer(model_dir))} tokens) has another "
+            f"vocabulary than the one in use ({len(tokenizer)} tokens, from {tokenizer.name_or_path}): the same "
+            "ids stand for other tokens. Models that read each other's token ids (policy, reference, reward and "
+            "value model) must share one tokenizer"
         )
     n_embed = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embed:
