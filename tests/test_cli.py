@@ -186,6 +186,26 @@ def test_generate_several_samples_and_greedy(tiny_sft, capsys):
     assert len(answers) == 2 and answers[0] == answers[1]  # greedy: both samples agree
 
 
+def test_generate_keeps_a_conversation_from_a_prompts_file_whole(tiny_sft, tmp_path, monkeypatch, capsys):
+    import rlhfkit.rollout
+
+    conversation = [
+        {"role": "system", "content": "你是导游。"},
+        {"role": "user", "content": "重庆有什么好玩的？"},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"messages": conversation}, ensure_ascii=False) + "\n", encoding="utf-8")
+    asked = []
+    monkeypatch.setattr(
+        rlhfkit.rollout,
+        "generate_answers",
+        lambda m, t, prompts, *a, **k: asked.extend(prompts) or [("好。", True)],
+    )
+    assert main(["generate", "--model", str(tiny_sft), "--prompts-file", str(path)]) == 0
+    assert asked == [conversation]  # the system turn reaches the model, as in every stage
+    assert capsys.readouterr().out.splitlines()[0] == "> 重庆有什么好玩的？"
+
+
 def test_generate_without_a_prompt_is_a_user_error(tiny_sft, capsys):
     assert main(["generate", "--model", str(tiny_sft)]) == 2
     assert "--prompt" in console_text(capsys)

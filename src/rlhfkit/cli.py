@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, description) in STAGES.items():
         C.add_arguments(sub.add_parser(name, help=description, description=description), cls)
-    gen = sub.add_parser("generate", help="sample answers from a model")
+    gen = sub.add_parser(
+        "generate",
+        help="sample answers from a model",
+        description="Sample answers to --prompt TEXT or a --prompts-file, optionally best-of-n by a reward model.",
+    )
     C.add_arguments(gen, GenerateArgs)
     chat = sub.add_parser(
         "chat",
@@ -79,14 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     C.add_arguments(chat, ChatArgs)
     pipe = sub.add_parser(
-        "pipeline", help="Step0 → Step3 and the evaluation on the embedded world, one command"
+        "pipeline",
+        help="Step0 → Step3 and the evaluation on the embedded world, one command",
+        description="Pretrain, SFT, label, reward model, PPO / PPO-ptx (and DPO, best-of-n), then the evaluation "
+        "report, on the embedded world: no data or downloads needed. --resume skips finished steps.",
     )
     from rlhfkit.pipeline import PipelineConfig
 
     C.add_arguments(pipe, PipelineConfig)
-    score = sub.add_parser("score", help="reward of one or more responses to a prompt")
+    score = sub.add_parser(
+        "score",
+        help="reward of one or more responses to a prompt",
+        description="Score --response TEXT [TEXT ...] to --prompt TEXT with a trained reward model.",
+    )
     C.add_arguments(score, C.ScoreArgs)
-    world = sub.add_parser("world", help="the embedded world (data + judge)")
+    world = sub.add_parser(
+        "world", help="the embedded world (data + judge)", description="The embedded world's data and judge."
+    )
     world_sub = world.add_subparsers(dest="world_command", required=True)
     export = world_sub.add_parser("export", help="write the world's data as JSONL")
     export.add_argument("--out", default="runs/world", help="output directory")
@@ -168,7 +181,7 @@ def _generate(args: GenerateArgs) -> None:
     if args.prompts_file:
         from rlhfkit.data import load_prompts
 
-        prompts += [p.prompt for p in load_prompts(args.prompts_file)]
+        prompts += [p.context for p in load_prompts(args.prompts_file)]  # a conversation whole
     if not prompts:
         raise ValueError("give --prompt TEXT (one or more) or --prompts-file FILE.jsonl")
     model, tokenizer, chat = _load_for_generation(args)
@@ -202,7 +215,8 @@ def _generate(args: GenerateArgs) -> None:
             model, tokenizer, repeated, chat, args.max_new_tokens, args.temperature, args.top_p, args.seed
         )
     for prompt, (answer, ended) in zip(repeated, answers):
-        print(f"> {prompt}\n{answer}{'' if ended else ' …[no EOS]'}\n")
+        asked = prompt if isinstance(prompt, str) else prompt[-1]["content"]  # a conversation's last turn
+        print(f"> {asked}\n{answer}{'' if ended else ' …[no EOS]'}\n")
 
 
 def _score(args: C.ScoreArgs) -> None:
