@@ -46,13 +46,56 @@ def test_user_prompts_are_judged_by_the_reward_model(tiny_gpt, tiny_sft, tiny_re
     assert 0.0 <= lo <= gpt["win_rate"] <= hi <= 1.0
     assert gpt["by_family"]["all"]["n"] == len(USER_PROMPTS) * 2
     assert gpt.get("gold_score") is None  # the world's gold judge knows nothing of these prompts
-    assert "judge: reward model" in (out / "report.md").read_text(encoding="utf-8")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "judge: reward model" in markdown and f"3 prompts of {user_prompts} × 2 samples" in markdown
 
 
 def test_user_prompts_without_a_judge_say_what_to_add(tiny_sft, user_prompts, tmp_path):
     cfg = EvalConfig(out=str(tmp_path / "eval"), models=[f"sft={tiny_sft}"], prompts=str(user_prompts))
     with pytest.raises(ValueError, match="need --judge"):
         evaluate(cfg)
+
+
+def test_best_of_n_without_a_reward_model_stops_before_sampling(
+    tiny_sft, user_prompts, tmp_path, monkeypatch
+):
+    from rlhfkit import rollout
+
+    monkeypatch.setattr(rollout, "generate_answers", lambda *a, **k: pytest.fail("sampled before the check"))
+    cfg = EvalConfig(
+        out=str(tmp_path / "eval"),
+        models=[f"sft={tiny_sft}"],
+        prompts=str(user_prompts),
+        judge=str(tiny_sft),
+        best_of_n=[4],
+        reward_model="",
+    )
+    with pytest.raises(ValueError, match="--best-of-n needs --reward-model"):
+        evaluate(cfg)
+
+
+def test_perplexity_reads_full_blocks_or_one_block_of_a_short_text(tiny_gpt):
+    from rlhfkit.evaluate import perplexity
+    from rlhfkit.losses import lm_loss
+    from rlhfkit.modeling import load_causal_lm
+    from rlhfkit.stages.pretrain import token_stream
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer, model = load_tokenizer(tiny_gpt), load_causal_lm(tiny_gpt).eval()
+    text = ["重庆有洪崖洞和解放碑。", "北京有故宫。"]
+    stream = token_stream(text, tokenizer)
+    assert 2 <= len(stream) < 128
+    ids = torch.tensor([stream])
+    expected = float(torch.exp(lm_loss(model(input_ids=ids).logits.float(), ids).detach()))
+    assert perplexity(model, tokenizer, text) == pytest.approx(expected, rel=1e-5)  # one block of all of it
+    # a longer text: its full blocks only, the tail left out
+    long = text * 20
+    stream = token_stream(long, tokenizer)
+    block = 16
+    n = len(stream) // block
+    ids = torch.tensor([stream[i * block : (i + 1) * block] for i in range(n)])
+    expected = float(torch.exp(lm_loss(model(input_ids=ids).logits.float(), ids).detach()))
+    assert perplexity(model, tokenizer, long, block=block) == pytest.approx(expected, rel=1e-5)
 
 
 # --- reward_model_vs_gold on hand-made items, the reward model replaced by fixed scores ----------------------

@@ -161,12 +161,21 @@ def kl_to_reference(
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], block: int = 128, batch_size: int = 32) -> float:
-    """exp(mean token cross-entropy) on held-out pretraining text: what RLHF costs the LM (alignment tax)."""
+    """exp(mean token cross-entropy) on held-out pretraining text: what RLHF costs the LM (alignment tax). The
+    text is read in full blocks of `block` tokens (a tail shorter than a block is left out), or as one block when
+    all of it is shorter than that."""
     from rlhfkit.losses import lm_loss
-    from rlhfkit.stages.lm import collate
-    from rlhfkit.stages.pretrain import pack
+    from rlhfkit.stages.lm import LMExample, collate
+    from rlhfkit.stages.pretrain import token_stream
 
-    blocks = pack(texts, tokenizer, block)
+    stream = token_stream(texts, tokenizer)
+    block = min(block, len(stream))
+    if block < 2:
+        raise ValueError(f"eval --heldout-text: {len(stream)} tokens, too few to measure a perplexity on")
+    blocks = [
+        LMExample(stream[i : i + block], stream[i : i + block])
+        for i in range(0, len(stream) - block + 1, block)
+    ]
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for i in range(0, len(blocks), batch_size):
@@ -251,6 +260,8 @@ def run(cfg):
     models = parse_named(cfg.models)
     if cfg.reference not in models:
         raise ValueError(f"eval --reference {cfg.reference!r} is not one of --models {list(models)}")
+    if cfg.best_of_n and not cfg.reward_model:
+        raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
     prompts, families, judge = load_eval_prompts(cfg)
     n = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(n)]
@@ -315,8 +326,6 @@ def run(cfg):
         from rlhfkit.losses import best_of_n_kl
         from rlhfkit.modeling import load_reward_model
 
-        if not cfg.reward_model:
-            raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
         rm = for_inference(load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True))
         check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}", cfg.reward_model)
         base = for_inference(load_causal_lm(models[cfg.reference]))
@@ -381,6 +390,7 @@ def run(cfg):
         # log n − (n−1)/n against the reference's own answers at the eval temperature
         "kl_reference": cfg.kl_reference or cfg.reference,
         "n_prompts": len(prompts),
+        "prompts": cfg.prompts,  # "world": the embedded world's held-out eval prompts, else the user's file
         "samples_per_prompt": n,
         "judge": "held-out panel (embedded world)" if cfg.judge is None else f"reward model {cfg.judge}",
         "seconds": seconds,

@@ -17,10 +17,12 @@ def _fmt(value, digits: int = 3) -> str:
 def write_markdown(report: dict, path: Path, timings: dict | None = None) -> None:
     ref, n = report["reference"], report["samples_per_prompt"]
     kl_ref = report.get("kl_reference", ref)
+    source = report.get("prompts", "world")
+    prompts = "held-out prompts" if source == "world" else f"prompts of {source}"
     lines = [
         "# rlhfkit evaluation",
         "",
-        f"{report['n_prompts']} held-out prompts × {n} sample{'s' if n != 1 else ''}; judge: {report['judge']}; "
+        f"{report['n_prompts']} {prompts} × {n} sample{'s' if n != 1 else ''}; judge: {report['judge']}; "
         f"win rate against **{ref}** (ties count ½), 95% bootstrap interval over prompts.",
         "",
         "| model | win rate vs "

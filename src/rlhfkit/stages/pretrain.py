@@ -63,12 +63,18 @@ def load_texts(cfg: PretrainConfig) -> list[str]:
     return list(load_pretrain(Path(cfg.data)))
 
 
-def pack(texts: list[str], tokenizer, block: int, source: str = "the pretraining data") -> list[LMExample]:
-    """Concatenate documents, each followed by EOS, and cut the stream into full blocks."""
+def token_stream(texts: list[str], tokenizer) -> list[int]:
+    """The documents' tokens end to end, each followed by EOS."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         stream.extend(ids)
         stream.append(tokenizer.eos_token_id)
+    return stream
+
+
+def pack(texts: list[str], tokenizer, block: int, source: str = "the pretraining data") -> list[LMExample]:
+    """Concatenate documents, each followed by EOS, and cut the stream into full blocks."""
+    stream = token_stream(texts, tokenizer)
     n = len(stream) // block
     if n == 0:
         raise ValueError(
