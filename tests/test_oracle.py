@@ -8,16 +8,10 @@ from rlhfkit.world import DIMENSIONS, WEIGHTS, Task, eval_panel, labelers, score
 from rlhfkit.world.corpus import REQUIREMENTS
 from rlhfkit.world.facts import ATTRACTION_CITY, CITIES, ELEMENTS, FAKE_ATTRACTIONS
 from rlhfkit.world.oracle import Labeler, find_attractions, inter_labeler_agreement
-from rlhfkit.world.tasks import demonstration
+from rlhfkit.world.tasks import SEED_RANKINGS, demonstration
 
-# The seed's examples, verbatim.
-CHONGQING = "我想去重庆玩，有哪些好玩的地点呢？"
-R21 = "重庆是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：重庆洪崖洞、三峡博物馆、南山一棵树、解放碑步行街。"
-R22 = "重庆是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：重庆洪崖洞、都江堰水利工程、三峡大坝、解放碑步行街。"
-R23 = "成都是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：春熙路步行街、都江堰水利工程、华美极乐世界、少林寺。"
-BEIJING = "请问北京有什么好玩的景点？"
-BEIJING_PTX = "北京的好玩景点非常多，包括故宫、颐和园、香山、世贸天阶等等。"
-BEIJING_PPO = "北京有故宫颐和园香山世贸天阶"
+# The seed's examples, verbatim (the ranked ones are the world's SEED_RANKINGS, which reward/eval.json scores).
+(CHONGQING, (R21, R22, R23)), (BEIJING, (BEIJING_PTX, BEIJING_PPO)) = SEED_RANKINGS
 NEWS = "请写一篇关于环保的新闻稿。"
 NEWS_GPT = "要求字数 800 字，信息充分、清晰、叙述简洁。"
 NEWS_GOOD = (

@@ -82,6 +82,26 @@ def test_reward_eval_report(tiny_reward):
     assert report["initialised_from"]["stage"] == "sft"
 
 
+def test_the_seed_rankings_are_scored_as_score_scores_them(tiny_reward):
+    """reward/eval.json holds the RM's scores of the seed's 重庆 and 北京 answers and says whether they are in the
+    seed's order — Step2's acceptance check, recorded by every run."""
+    from rlhfkit.world import SEED_RANKINGS
+
+    report = json.loads((tiny_reward / "eval.json").read_text())
+    tokenizer = load_tokenizer(tiny_reward)
+    model = load_reward_model(tiny_reward, tokenizer.pad_token_id, trained=True).eval()
+    assert [r["prompt"] for r in report["seed_rankings"]] == [p for p, _ in SEED_RANKINGS]
+    for ranking, (prompt, answers) in zip(report["seed_rankings"], SEED_RANKINGS):
+        with torch.no_grad():
+            rewards = score_responses(
+                model, tokenizer, [prompt] * len(answers), answers, max_len=TINY_REWARD["max_len"]
+            )
+        assert ranking["rewards"] == pytest.approx(rewards.tolist(), abs=1e-5)
+        assert ranking["in_seed_order"] == all(
+            a > b for a, b in zip(ranking["rewards"], ranking["rewards"][1:])
+        )
+
+
 def test_reward_is_centred_on_the_demonstrations(tiny_reward):
     tokenizer = load_tokenizer(tiny_reward)
     model = load_reward_model(tiny_reward, tokenizer.pad_token_id).eval()

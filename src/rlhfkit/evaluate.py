@@ -113,6 +113,22 @@ def reward_model_vs_gold(
     }
 
 
+def seed_rankings(model, tokenizer, max_len: int) -> list[dict]:
+    """The reward model's scores of the seed's own ranked answers (`world.SEED_RANKINGS`: 重庆 2-1 > 2-2 > 2-3,
+    the punctuated 北京 answer over the unpunctuated one), and whether it orders them as the seed does."""
+    from rlhfkit.stages.reward import score_responses
+    from rlhfkit.world import SEED_RANKINGS
+
+    out = []
+    for prompt, answers in SEED_RANKINGS:
+        rewards = score_responses(
+            model, tokenizer, [prompt] * len(answers), answers, max_len=max_len
+        ).tolist()
+        in_order = all(a > b for a, b in zip(rewards, rewards[1:]))
+        out.append({"prompt": prompt, "answers": answers, "rewards": rewards, "in_seed_order": in_order})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Policies: win rate against a reference model, gold score, KL to SFT, pretraining perplexity (alignment tax).
 

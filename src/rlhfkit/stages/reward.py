@@ -164,6 +164,12 @@ def run(cfg: RewardConfig):
             else f"no validation rankings (--val-fraction {cfg.val_fraction} of {len(items)} rankings' prompts)"
         )
         console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {out}")
+        for ranking in report.get("seed_rankings", []):
+            scores = " / ".join(f"{r:+.2f}" for r in ranking["rewards"])
+            verdict = "in the seed's order" if ranking["in_seed_order"] else "NOT in the seed's order"
+            console.print(
+                f"[reward] the seed's answers to {ranking['prompt']} best first: {scores} ({verdict})"
+            )
     return final
 
 
@@ -440,12 +446,15 @@ def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardC
         "reward_bias": float(model.config.reward_bias),
         "reward_std": float(model.config.reward_std),
     }
-    from rlhfkit.evaluate import reward_model_vs_gold
+    from rlhfkit.evaluate import reward_model_vs_gold, seed_rankings
     from rlhfkit.stages.label import read_settings
 
-    report.update(
-        reward_model_vs_gold(model, tokenizer, val_items, cfg.max_len, read_settings(comparisons_path(cfg)))
+    vs_gold = reward_model_vs_gold(
+        model, tokenizer, val_items, cfg.max_len, read_settings(comparisons_path(cfg))
     )
+    report.update(vs_gold)
+    if vs_gold:  # the embedded world's comparisons: the seed's own examples mean something to this RM
+        report["seed_rankings"] = seed_rankings(model, tokenizer, cfg.max_len)
     meta = read_meta(cfg.model)
     report["initialised_from"] = {"path": cfg.model, "stage": meta.get("stage")}
     return report

@@ -21,6 +21,7 @@ from rlhfkit.world.oracle import (
 from rlhfkit.world.tasks import (
     FAMILIES,
     SEED_PROMPTS,
+    SEED_RANKINGS,
     Task,
     demonstration,
     demonstrations,
@@ -32,6 +33,7 @@ __all__ = [
     "DIMENSIONS",
     "FAMILIES",
     "SEED_PROMPTS",
+    "SEED_RANKINGS",
     "WEIGHTS",
     "GoldScore",
     "Labeler",

@@ -98,6 +98,24 @@ SEED_PROMPTS: list[str] = [
     "给我的孩子取个名字，五行属水",
 ]
 
+# The seed's own answers to two of its prompts, verbatim, best first: 2-1 names four 重庆 attractions, 2-2 puts
+# 都江堰 and 三峡大坝 in 重庆, 2-3 is about 成都; the punctuated 北京 answer (PPO-ptx's in the seed) beats the
+# unpunctuated one (PPO's). Step2's acceptance: the reward model orders each as here (`reward/eval.json`).
+SEED_RANKINGS: list[tuple[str, list[str]]] = [
+    (
+        SEED_PROMPTS[0],
+        [
+            "重庆是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：重庆洪崖洞、三峡博物馆、南山一棵树、解放碑步行街。",
+            "重庆是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：重庆洪崖洞、都江堰水利工程、三峡大坝、解放碑步行街。",
+            "成都是一个充满活力和美食的城市，有很多值得一去的地方。以下是一些推荐：春熙路步行街、都江堰水利工程、华美极乐世界、少林寺。",
+        ],
+    ),
+    (
+        SEED_PROMPTS[1],
+        ["北京的好玩景点非常多，包括故宫、颐和园、香山、世贸天阶等等。", "北京有故宫颐和园香山世贸天阶"],
+    ),
+]
+
 # Approximate split sizes (InstructGPT: demonstrations are the scarcest data).
 EVAL_PER_FAMILY = 30
 SFT_FRACTION, RM_FRACTION = 0.25, 0.375  # of each family's non-eval prompts; RL gets the rest
