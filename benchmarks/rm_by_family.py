@@ -8,8 +8,9 @@ trained on (its data's ceiling as the panel sees it) — the same figures as `re
 "panel_agreement_by_family", read from there or, for runs made before that field existed, recomputed; and
 each trained policy's win rate against SFT per family, from the run's `eval/report.json` (`--eval-dir` names
 another evaluation inside the run); where that evaluation wrote `answers.jsonl`, also each model's gold
-on_topic and correct per family (is the answer about the asked city / concept / topic, and right about it).
-Writes benchmarks/results/rm_by_family.json (or --out).
+on_topic and correct per family (is the answer about the asked city / concept / topic, and right about it);
+and the RM's scores of the seed's own ranked answers (重庆 2-1 > 2-2 > 2-3, the punctuated 北京 answer first),
+from eval.json's "seed_rankings" or scored anew. Writes benchmarks/results/rm_by_family.json (or --out).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from rlhfkit.config import RewardConfig
-from rlhfkit.evaluate import reward_model_vs_gold
+from rlhfkit.evaluate import reward_model_vs_gold, seed_rankings
 from rlhfkit.modeling import for_inference, load_reward_model
 from rlhfkit.stages.label import read_settings
 from rlhfkit.stages.reward import load_comparisons, split_by_prompt
@@ -35,17 +36,19 @@ def reward_by_family(run: Path) -> dict:
     """The run's RM against the panel on its own validation rankings (the split `rlhfkit reward` held out): read
     from its reward/eval.json, or computed as `rlhfkit reward` computes it for runs older than that field."""
     cfg = RewardConfig(**yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["reward"])
-    written = json.loads((Path(cfg.out) / "eval.json").read_text(encoding="utf-8"))
-    if "panel_agreement_by_family" in written:
-        return {
-            "panel_agreement": written["panel_agreement"],
-            "by_family": written["panel_agreement_by_family"],
-        }
-    _, val = split_by_prompt(load_comparisons(cfg), cfg.val_fraction, cfg.seed)
-    tokenizer = load_tokenizer(cfg.out)
-    model = for_inference(load_reward_model(cfg.out, tokenizer.pad_token_id, trained=True))
-    report = reward_model_vs_gold(model, tokenizer, val, cfg.max_len, read_settings(cfg.data))
-    return {"panel_agreement": report["panel_agreement"], "by_family": report["panel_agreement_by_family"]}
+    report = json.loads((Path(cfg.out) / "eval.json").read_text(encoding="utf-8"))
+    if "panel_agreement_by_family" not in report or "seed_rankings" not in report:
+        tokenizer = load_tokenizer(cfg.out)
+        model = for_inference(load_reward_model(cfg.out, tokenizer.pad_token_id, trained=True))
+        if "panel_agreement_by_family" not in report:
+            _, val = split_by_prompt(load_comparisons(cfg), cfg.val_fraction, cfg.seed)
+            report.update(reward_model_vs_gold(model, tokenizer, val, cfg.max_len, read_settings(cfg.data)))
+        report["seed_rankings"] = seed_rankings(model, tokenizer, cfg.max_len)
+    return {
+        "panel_agreement": report["panel_agreement"],
+        "by_family": report["panel_agreement_by_family"],
+        "seed_rankings": report["seed_rankings"],
+    }
 
 
 def policy_by_family(eval_dir: Path) -> dict:
@@ -103,6 +106,12 @@ def main() -> None:
             + "".join(f"{c['reward_model']:>8.3f} ({c['labels']:.3f})" if c else f"{'—':>16}" for c in cells)
             + f"{rm['panel_agreement']:>8.3f}"
         )
+    print("\nthe seed's ranked answers, best first: the reward model's scores")
+    for run, r in results.items():
+        for ranking in r["reward_model"]["seed_rankings"]:
+            scores = " / ".join(f"{x:+.2f}" for x in ranking["rewards"])
+            verdict = "in order" if ranking["in_seed_order"] else "NOT in order"
+            print(f"{run:<28}{ranking['prompt']:<20}{scores}  ({verdict})")
     print("\nwin rate vs SFT, per family")
     print(f"{'run':<28}{'model':<12}" + "".join(f"{f:>9}" for f in FAMILIES))
     for run, r in results.items():
