@@ -203,20 +203,17 @@ def load_checkpoint(
     configured = list(scheduler.base_lrs) if scheduler is not None else None
     try:
         accelerator.load_state(str(ckpt))
-    except (
-        ValueError,
-        RuntimeError,
-    ) as err:  # torch: "different number of parameter groups", missing keys, ...
-        if not changed and "parameter group" not in str(err):
+    except (ValueError, RuntimeError) as err:  # torch: other parameter groups, missing keys, other shapes
+        if changed:
+            raise TrainingError(
+                f"{ckpt}: it was written with {listed}, and does not fit a run with these settings. Resume with "
+                f"the settings it was written with, or delete {ckpt} to train this stage from its start"
+            ) from None
+        if "parameter group" not in str(err):
             raise
-        why = (
-            f"it was written with {listed}"
-            if changed
-            else f"its optimizer state does not fit this run's optimizer ({err})"
-        )
         raise TrainingError(
-            f"{ckpt}: {why}; it was written by another rlhfkit version or with other trainable parameters. "
-            f"Resume with the settings it was written with, or delete {ckpt} to train this stage from its start"
+            f"{ckpt}: its optimizer state does not fit this run's optimizer ({err}); it was written by another "
+            f"rlhfkit version or with other trainable parameters. Delete {ckpt} to train this stage from its start"
         ) from None
     if changed:
         console.print(f"[resume] continuing {ckpt}, written with {listed}; the saved model records both")
