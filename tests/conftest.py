@@ -39,6 +39,34 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
+def console_text(capsys) -> str:
+    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
+    captured = capsys.readouterr()
+    return " ".join((captured.out + captured.err).split())
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_same_run(straight: Path, resumed: Path) -> None:
+    """A resumed run logged the uninterrupted run's metrics (less wall time) and saved its weights."""
+    assert without_time(read_jsonl(resumed / "metrics.jsonl")) == without_time(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+    assert not (resumed / "checkpoint").exists()
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt(tmp_path_factory) -> Path:
     """Step0 on 300 world documents: a 600-token BPE and a 2-layer, 32-wide Llama, 20 steps."""

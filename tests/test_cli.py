@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 import rlhfkit.stages.pretrain
-from conftest import read_jsonl
+from conftest import console_text, read_jsonl
 from rlhfkit.cli import main
 from rlhfkit.config import PPOConfig, PretrainConfig, RewardConfig, key_values, parse_setting
-
-
-def console_text(capsys) -> str:
-    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
-    captured = capsys.readouterr()
-    return " ".join((captured.out + captured.err).split())
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import rlhfkit.stages.pretrain
+from conftest import console_text
 from rlhfkit.cli import GenerateArgs, main
 from rlhfkit.config import (
     DPOConfig,
@@ -20,12 +21,6 @@ from rlhfkit.config import (
     load_yaml,
     parse_setting,
 )
-
-
-def console_text(capsys) -> str:
-    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
-    captured = capsys.readouterr()
-    return " ".join((captured.out + captured.err).split())
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import read_jsonl
+from conftest import assert_same_run, console_text, read_jsonl, weights
 from rlhfkit.config import DPOConfig
 from rlhfkit.stages import dpo
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
@@ -34,20 +33,6 @@ def rankings_file(tmp_path, n: int = 8) -> Path:
     data = tmp_path / "rankings.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return data
-
-
-def without_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "model.safetensors"))
-
-
-def console_text(capsys) -> str:
-    """stdout + stderr with whitespace collapsed: the rich console wraps long lines at its width."""
-    captured = capsys.readouterr()
-    return " ".join((captured.out + captured.err).split())
 
 
 def test_pair_index_weighs_every_ranking_the_same():
@@ -185,14 +170,7 @@ def test_dpo_resume_is_exact(grad_accum, tiny_sft, tmp_path, capsys):
     text = console_text(capsys)
     assert "[dpo] resuming from" in text and "at step 2" in text
     assert f"[dpo] saved to {interrupted}" in text
-    assert without_time(read_jsonl(interrupted / "metrics.jsonl")) == without_time(
-        read_jsonl(straight / "metrics.jsonl")
-    )
-    a, b = weights(straight), weights(interrupted)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
-    assert not (interrupted / "checkpoint").exists()
+    assert_same_run(straight, interrupted)
 
 
 def test_rows_longer_than_max_len_are_counted_in_a_warning(tiny_sft, tmp_path, capsys):

@@ -9,18 +9,13 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import read_jsonl
+from conftest import console_text, read_jsonl
 from rlhfkit.cli import main
 from rlhfkit.modeling import read_meta
 from rlhfkit.world import FAMILIES, SEED_PROMPTS
 
 POLICIES = ("gpt", "sft", "ppo", "ppo_ptx")
 STEPS = ("pretrain", "sft", "label", "reward", "ppo", "ppo_ptx", "eval")
-
-
-def console_text(capsys) -> str:
-    captured = capsys.readouterr()
-    return " ".join((captured.out + captured.err).split())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from conftest import read_jsonl
+from conftest import read_jsonl, without_time
 from rlhfkit.config import PPOConfig
 from rlhfkit.modeling import read_meta
 from rlhfkit.stages import ppo
@@ -45,10 +45,6 @@ def toy_config(out: Path, policy: Path, **kw) -> PPOConfig:
     )
     values.update(kw)
     return PPOConfig(out=str(out), **values)
-
-
-def without_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
 
 
 def test_ppo_raises_a_toy_reward(tiny_sft, tmp_path):
