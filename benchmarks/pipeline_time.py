@@ -10,7 +10,7 @@ With several seeds in the file it also pools them: each model's win rate over ev
 seed's model against that seed's SFT), its interval resampling (seed, prompt) — does a method beat SFT across
 seeds, not only on one?
 
-    .venv/bin/python benchmarks/pipeline_time.py --pool-only --out runs/news   # recompute that from the runs
+    .venv/bin/python benchmarks/pipeline_time.py --pool-only --out runs/news   # pool the seeds --json records, anew
 """
 
 from __future__ import annotations
@@ -92,7 +92,15 @@ def main() -> None:
 
     results = []
     if args.pool_only:
+        earlier = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+        recorded = earlier.get("runs", []) if earlier.get("preset") == args.preset else []
+        if len(recorded) < 2:
+            raise SystemExit(
+                f"pipeline_time --pool-only: {args.json} records {len(recorded)} run(s) of preset {args.preset}; "
+                "pooling needs two or more (run them with --seeds, or give the --json that did)"
+            )
         print_pooled(write_json(args, []))
+        print(f"\nwrote {args.json}")
         return
     for seed in args.seeds:
         start = time.time()
