@@ -473,6 +473,27 @@ def _own_cpu_s() -> float:
 
 
 def print_tables(report: dict) -> None:
+    if report["sampling"]:
+        console.print(sampling_table(report))
+        for name, check in report["logits_check"].items():
+            console.print(
+                f"FastSampler vs HF forward, {name} model: max |Δlogit| = {check['max_abs_diff']:.1e} "
+                f"(|logit| ≤ {check['max_abs_logit']:.2f}; {check['positions_checked']} positions × {check['rows']} rows); "
+                f"greedy {check['greedy_tokens']} tokens identical to generate in {check['greedy_rows_identical']} rows"
+            )
+    if report["training"]:  # --parts prints only the tables it measured
+        console.print(training_table(report))
+    for line in report["targets"]["summary"]:
+        console.print(line)
+    loads = [r.get("other_load") or 0.0 for r in report["sampling"] + report["training"]]
+    if max(loads, default=0.0) > 0.2:
+        console.print(
+            f"[yellow]warning: other processes used up to {max(loads):.1f} of {report['machine']['cpu_cores']} cores during "
+            "some measurements (column 'other load'); those figures are low and noisy — rerun on an idle machine"
+        )
+
+
+def sampling_table(report: dict) -> Table:
     settings, machine = report["settings"], report["machine"]
     table = Table(
         title=f"Sampling: generated tokens/s (median of {settings['sampling_repeats']}), max_new_tokens "
@@ -503,14 +524,11 @@ def print_tables(report: dict) -> None:
             f"{row['eos_fraction']:.0%}",
             load_cell(row["other_load"]),
         )
-    console.print(table)
-    for name, check in report["logits_check"].items():
-        console.print(
-            f"FastSampler vs HF forward, {name} model: max |Δlogit| = {check['max_abs_diff']:.1e} "
-            f"(|logit| ≤ {check['max_abs_logit']:.2f}; {check['positions_checked']} positions × {check['rows']} rows); "
-            f"greedy {check['greedy_tokens']} tokens identical to generate in {check['greedy_rows_identical']} rows"
-        )
+    return table
 
+
+def training_table(report: dict) -> Table:
+    settings = report["settings"]
     table = Table(
         title=f"Training: episodes/s (generated tokens/s) per phase; {settings['batch_size']} episodes/iteration, "
         f"minibatch {settings['mini_batch_size']}, {settings['ppo_epochs']} epochs, median iteration of "
@@ -555,15 +573,7 @@ def print_tables(report: dict) -> None:
             load_cell(row.get("other_load")),
             notes,
         )
-    console.print(table)
-    for line in report["targets"]["summary"]:
-        console.print(line)
-    loads = [r.get("other_load") or 0.0 for r in report["sampling"] + report["training"]]
-    if max(loads, default=0.0) > 0.2:
-        console.print(
-            f"[yellow]warning: other processes used up to {max(loads):.1f} of {machine['cpu_cores']} cores during "
-            "some measurements (column 'other load'); those figures are low and noisy — rerun on an idle machine"
-        )
+    return table
 
 
 def load_cell(cores: float | None) -> str:
