@@ -181,17 +181,10 @@ def perplexity(model, tokenizer, texts: list[str], block: int = 128, batch_size:
     text is read in full blocks of `block` tokens (a tail shorter than a block is left out), or as one block when
     all of it is shorter than that."""
     from rlhfkit.losses import lm_loss
-    from rlhfkit.stages.lm import LMExample, collate
-    from rlhfkit.stages.pretrain import token_stream
+    from rlhfkit.stages.lm import collate
+    from rlhfkit.stages.pretrain import pack
 
-    stream = token_stream(texts, tokenizer)
-    block = min(block, len(stream))
-    if block < 2:
-        raise ValueError(f"eval --heldout-text: {len(stream)} tokens, too few to measure a perplexity on")
-    blocks = [
-        LMExample(stream[i : i + block], stream[i : i + block])
-        for i in range(0, len(stream) - block + 1, block)
-    ]
+    blocks = pack(texts, tokenizer, block, "eval --heldout-text", whole_if_short=True)
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for i in range(0, len(blocks), batch_size):

@@ -72,11 +72,22 @@ def token_stream(texts: list[str], tokenizer) -> list[int]:
     return stream
 
 
-def pack(texts: list[str], tokenizer, block: int, source: str = "the pretraining data") -> list[LMExample]:
-    """Concatenate documents, each followed by EOS, and cut the stream into full blocks."""
+def pack(
+    texts: list[str],
+    tokenizer,
+    block: int,
+    source: str = "the pretraining data",
+    whole_if_short: bool = False,
+) -> list[LMExample]:
+    """Concatenate documents, each followed by EOS, and cut the stream into full blocks (a shorter tail is left
+    out). A stream shorter than one block is an error, or with `whole_if_short` one block of all of it."""
     stream = token_stream(texts, tokenizer)
+    if whole_if_short and 2 <= len(stream) < block:
+        block = len(stream)
     n = len(stream) // block
     if n == 0:
+        if whole_if_short:  # 0 or 1 token: nothing to predict
+            raise ValueError(f"{source}: {len(stream)} tokens, too few to measure on; give more text")
         raise ValueError(
             f"{source}: {len(stream)} tokens, fewer than one block of {block} (--max-len); "
             "give more text or a smaller --max-len"
