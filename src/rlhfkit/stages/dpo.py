@@ -28,7 +28,7 @@ from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
 from rlhfkit.stages.lm import finished_earlier, provenance, settings_of
-from rlhfkit.stages.reward import check_conversations, encode_prompt, encode_response, right_pad
+from rlhfkit.stages.reward import check_conversations, encode_prompt, encode_response, right_pad, warn_if_cut
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -156,17 +156,8 @@ def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
             prompt_lens.append(max(prompt_len - (len(whole) - len(row)), 0))
             n_cut += len(row) < len(whole)
         rankings.append(EncodedRanking(rows, prompt_lens, item.pairs()))
-    warn_if_cut(n_cut, sum(len(r.rows) for r in rankings), cfg.max_len)
+    warn_if_cut("dpo", n_cut, sum(len(r.rows) for r in rankings), cfg.max_len)
     return rankings
-
-
-def warn_if_cut(n_cut: int, n_responses: int, max_len: int) -> None:
-    """Say how many rows `encode_rankings` cut: they lose their prompt's start, perhaps all of the prompt."""
-    if n_cut:
-        console.print(
-            f"[dpo] warning: {n_cut} of {n_responses} responses are longer than --max-len {max_len} with their "
-            f"prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
-        )
 
 
 def pair_index(batch: list[EncodedRanking], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -228,10 +228,14 @@ def warn_if_truncated(tokenizer, items: list[Ranked], max_len: int) -> None:
     """Say how many responses lose their prompt's start to --max-len (`encode_response` keeps the last tokens)."""
     # Encoded to max_len + 1 tokens, a row is too long exactly when it keeps all of them: one pass, no second count.
     rows = encode_items(tokenizer, items, max_len + 1)
-    too_long = sum(len(row) > max_len for row in rows)
-    if too_long:
+    warn_if_cut("reward", sum(len(row) > max_len for row in rows), len(rows), max_len)
+
+
+def warn_if_cut(stage: str, n_cut: int, n_responses: int, max_len: int) -> None:
+    """The warning of a stage that cut `n_cut` rows to their last `max_len` tokens (reward, DPO)."""
+    if n_cut:
         console.print(
-            f"[reward] warning: {too_long} of {len(rows)} responses are longer than --max-len {max_len} with "
+            f"[{stage}] warning: {n_cut} of {n_responses} responses are longer than --max-len {max_len} with "
             f"their prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
         )
 
