@@ -378,20 +378,17 @@ def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
             f"{path}: unknown section or setting {unknown[0]!r}; sections: {list(STEP_CONFIGS)}, "
             f"settings: {sorted(top_names)}"
         )
-    # Values are typed here, where the file is known; `resolve` names unknown sections.
+    # Values are typed here, where the file is known (`resolve` checks sections given through the Python API).
     sections = {
-        k: C.yaml_settings(STEP_CONFIGS[k], v or {}, path, k) if k in STEP_CONFIGS else v
-        for k, v in data.items()
-        if k not in top_names
+        k: C.yaml_settings(STEP_CONFIGS[k], v or {}, path, k) for k, v in data.items() if k in STEP_CONFIGS
     }
     # A saved configuration (--print-config, or a run's config.yaml) spells out what the pipeline derives from
     # its own `out`, seed and precision: those entries say nothing of their own, so they are dropped and derived
     # again from this run's (another --out must not write into the saved run's directories).
     own = derived_settings(PipelineConfig(**top))
     for step, values in sections.items():
-        if isinstance(values, dict):
-            for key in [k for k, v in values.items() if k in own.get(step, {}) and v == own[step][k]]:
-                del values[key]
+        for key in [k for k, v in values.items() if k in own.get(step, {}) and v == own[step][k]]:
+            del values[key]
     for f in dataclasses.fields(PipelineConfig):
         given = getattr(namespace, f.name, None)
         if given is not None:
