@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.batching import score_responses
 from rlhfkit.evaluate import kl_to_reference
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.modeling import load_causal_lm, load_reward_model
 from rlhfkit.rollout import generate_answers
-from rlhfkit.stages.reward import score_responses
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import quiet_libraries
 from rlhfkit.world import score, split_prompts

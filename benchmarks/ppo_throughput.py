@@ -163,12 +163,13 @@ def model_info(policy_dir: Path) -> dict:
 def bench_sampling(
     policy_dir: Path, tokenizer, prompts: list[str], batch: int, s: Settings, reps: int
 ) -> list:
+    from rlhfkit.batching import encode_prompts, pad
     from rlhfkit.modeling import load_causal_lm
-    from rlhfkit.rollout import encode_prompts, left_pad, sample
+    from rlhfkit.rollout import sample
 
     model = load_causal_lm(policy_dir).eval()
     ids = encode_prompts(tokenizer, prompts[:batch], chat=True)
-    input_ids, mask = left_pad(ids, tokenizer.pad_token_id)
+    input_ids, mask = pad(ids, tokenizer.pad_token_id, left=True)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def hf_generate(seed):
@@ -247,12 +248,14 @@ def logits_check(policy_dir: Path, tokenizer, prompts: list[str], s: Settings, s
     whether greedy decoding (rlhfkit `sample(temperature=0)` vs `generate(do_sample=False)`) gives the same tokens.
     Sampling itself is the same rule in both (multinomial over softmax(logits / T)), so equal logits mean the
     same output distribution."""
+    from rlhfkit.batching import encode_prompts, pad
+    from rlhfkit.fast_sampler import FastSampler
     from rlhfkit.modeling import load_causal_lm, position_ids
-    from rlhfkit.rollout import FastSampler, encode_prompts, left_pad, sample
+    from rlhfkit.rollout import sample
 
     model = load_causal_lm(policy_dir).eval()
     prompt_ids = encode_prompts(tokenizer, prompts[:64], chat=True)
-    ids, mask = left_pad(prompt_ids[:8], tokenizer.pad_token_id)
+    ids, mask = pad(prompt_ids[:8], tokenizer.pad_token_id, left=True)
     step = FastSampler.for_model(model).stepper(ids, mask, steps)
     fast = step(None)
     g = torch.Generator().manual_seed(0)
@@ -268,17 +271,17 @@ def logits_check(policy_dir: Path, tokenizer, prompts: list[str], s: Settings, s
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         fast = step(token)
 
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ids, mask = left_pad(prompt_ids, pad)
+    eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids, mask = pad(prompt_ids, pad_id, left=True)
     hf = model.generate(
         input_ids=ids,
         attention_mask=mask,
         do_sample=False,
         max_new_tokens=s.max_new_tokens,
         eos_token_id=eos,
-        pad_token_id=pad,
+        pad_token_id=pad_id,
     )[:, ids.shape[1] :]
-    mine = sample(model, prompt_ids, eos, pad, s.max_new_tokens, temperature=0.0, fast=True).responses
+    mine = sample(model, prompt_ids, eos, pad_id, s.max_new_tokens, temperature=0.0, fast=True).responses
     width = min(hf.shape[1], mine.shape[1])
     same = (hf[:, :width] == mine[:, :width]).all(1)
     return {

@@ -22,10 +22,9 @@ from pathlib import Path
 import yaml
 
 from rlhfkit.config import RewardConfig
-from rlhfkit.evaluate import reward_model_vs_gold, seed_rankings
+from rlhfkit.labelers import read_settings
 from rlhfkit.modeling import for_inference, load_reward_model
-from rlhfkit.stages.label import read_settings
-from rlhfkit.stages.reward import load_comparisons, split_by_prompt
+from rlhfkit.stages.reward import load_comparisons, reward_model_vs_gold, seed_rankings, split_by_prompt
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import quiet_libraries
 

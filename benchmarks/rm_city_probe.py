@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.batching import score_responses
 from rlhfkit.config import RewardConfig
 from rlhfkit.modeling import load_reward_model
 from rlhfkit.stages import reward
-from rlhfkit.stages.reward import score_responses
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import quiet_libraries
 from rlhfkit.world import split_prompts

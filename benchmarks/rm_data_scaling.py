@@ -24,7 +24,6 @@ import yaml
 
 from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig, key_values, parse_setting
 from rlhfkit.data import load_preferences
-from rlhfkit.evaluate import reward_model_vs_gold
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.modeling import load_reward_model
 from rlhfkit.stages import label, ppo, reward
@@ -120,7 +119,7 @@ def main() -> None:
         tokenizer = load_tokenizer(rm_dir)
         model = load_reward_model(rm_dir, tokenizer.pad_token_id).eval()
         with torch.no_grad():
-            test = reward_model_vs_gold(model, tokenizer, test_items, reward_cfg.max_len)
+            test = reward.reward_model_vs_gold(model, tokenizer, test_items, reward_cfg.max_len)
         row.update(
             {
                 "val_accuracy": own["val_accuracy"],

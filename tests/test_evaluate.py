@@ -9,10 +9,11 @@ import torch
 from rlhfkit import report as report_module
 from rlhfkit.config import EvalConfig
 from rlhfkit.data import Ranked
-from rlhfkit.evaluate import gold_scores, reward_model_vs_gold
+from rlhfkit.evaluate import gold_scores
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.report import write_figures
 from rlhfkit.stages import reward as reward_stage
+from rlhfkit.stages.reward import reward_model_vs_gold
 from rlhfkit.world import eval_panel, inter_labeler_agreement, labelers, split_prompts
 
 USER_PROMPTS = ["What is the capital of France?", "请问北京有什么好玩的景点？", "Tell me a joke"]
@@ -59,9 +60,11 @@ def test_user_prompts_without_a_judge_say_what_to_add(tiny_sft, user_prompts, tm
 def test_best_of_n_without_a_reward_model_stops_before_sampling(
     tiny_sft, user_prompts, tmp_path, monkeypatch
 ):
-    from rlhfkit import rollout
+    from rlhfkit import evaluate as evaluate_module
 
-    monkeypatch.setattr(rollout, "generate_answers", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr(
+        evaluate_module, "generate_answers", lambda *a, **k: pytest.fail("sampled before the check")
+    )
     cfg = EvalConfig(
         out=str(tmp_path / "eval"),
         models=[f"sft={tiny_sft}"],
@@ -75,10 +78,10 @@ def test_best_of_n_without_a_reward_model_stops_before_sampling(
 
 
 def test_perplexity_reads_full_blocks_or_one_block_of_a_short_text(tiny_gpt):
+    from rlhfkit.batching import token_stream
     from rlhfkit.evaluate import perplexity
     from rlhfkit.losses import lm_loss
     from rlhfkit.modeling import load_causal_lm
-    from rlhfkit.stages.pretrain import token_stream
     from rlhfkit.tokenizer import load_tokenizer
 
     tokenizer, model = load_tokenizer(tiny_gpt), load_causal_lm(tiny_gpt).eval()

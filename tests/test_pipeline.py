@@ -211,7 +211,6 @@ def test_a_saved_config_runs_under_another_out(tmp_path, capsys):
 
 def test_the_large_preset_on_a_cpu_says_it_is_meant_for_a_gpu(tmp_path, monkeypatch, capsys):
     import rlhfkit.pipeline as pipeline
-    import rlhfkit.world
 
     class Stop(Exception):
         pass
@@ -220,7 +219,7 @@ def test_the_large_preset_on_a_cpu_says_it_is_meant_for_a_gpu(tmp_path, monkeypa
         raise Stop
 
     monkeypatch.setattr(pipeline, "_has_accelerator", lambda: False)
-    monkeypatch.setattr(rlhfkit.world, "export_world", stop)  # the first step: stop before any work
+    monkeypatch.setattr(pipeline, "export_world", stop)  # the first step: stop before any work
     cfg, steps = resolved("--preset", "large", "--out", str(tmp_path / "run"))
     assert steps["pretrain"].world_docs == 100000 and steps["eval"].heldout_text.endswith(
         "pretrain_heldout.jsonl"

@@ -325,8 +325,9 @@ def rm_setup(tiny_sft, tiny_reward, **kw):
 
 def test_value_model_starts_in_the_rewards_units(tiny_sft, tiny_reward):
     """Initialised from the RM, V at the last token of an answer is the reward PPO gives it (shift and scale)."""
+    from rlhfkit.batching import encode_prompts
     from rlhfkit.modeling import per_token_scores
-    from rlhfkit.rollout import encode_prompts, sample
+    from rlhfkit.rollout import sample
 
     config, tokenizer, policy, reward_model = rm_setup(tiny_sft, tiny_reward)
     ids = encode_prompts(

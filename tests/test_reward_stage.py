@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import TINY_REWARD, read_jsonl
+from rlhfkit.batching import encode_items, score_responses
 from rlhfkit.cli import main
 from rlhfkit.config import RewardConfig
 from rlhfkit.data import Ranked
 from rlhfkit.modeling import load_reward_model, read_meta
 from rlhfkit.stages import reward
-from rlhfkit.stages.reward import score_responses
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.world import demonstrations, split_prompts
 
@@ -232,6 +232,7 @@ def test_best_of_n_shares_one_set_of_samples(tiny_sft, tiny_reward):
 
 def test_label_rounds_rank_each_prompt_again_by_another_labeler(tiny_sft, tmp_path):
     from rlhfkit.config import LabelConfig
+    from rlhfkit.labelers import read_settings
     from rlhfkit.stages import label
 
     prompts = tmp_path / "prompts.jsonl"
@@ -247,7 +248,7 @@ def test_label_rounds_rank_each_prompt_again_by_another_labeler(tiny_sft, tmp_pa
     # The labelers' settings sit next to the comparisons, for the reward model's agreement ceiling.
     settings = {"n_labelers": 5, "seed": 0, "labeler_noise": 0.5, "label_noise": 0.1}
     assert json.loads((tmp_path / "comparisons.labelers.json").read_text()) == settings
-    assert label.read_settings(out) == {**settings, "source": str(tmp_path / "comparisons.labelers.json")}
+    assert read_settings(out) == {**settings, "source": str(tmp_path / "comparisons.labelers.json")}
     for first, second in zip(rows[:5], rows[5:]):
         assert first["labeler"] != second["labeler"]  # a round later, the next labeler ranks it
         assert first["responses"] != second["responses"]  # fresh samples
@@ -302,7 +303,7 @@ def test_training_labelers_are_never_the_held_out_panel(seed, tiny_sft, tmp_path
 
 
 def test_label_settings_of_a_file_label_did_not_write_are_the_named_defaults(tmp_path):
-    from rlhfkit.stages.label import read_settings
+    from rlhfkit.labelers import read_settings
 
     settings = read_settings(tmp_path / "mine.jsonl")
     assert settings == {
@@ -399,7 +400,7 @@ def test_responses_cut_by_max_len_are_counted_once_before_training(tiny_sft, cap
     tokenizer = load_tokenizer(tiny_sft)
     short = Ranked("去哪玩？", ["重庆。", "不知道"], [1, 2])
     long = Ranked("去哪玩？", ["重庆有洪崖洞、解放碑和磁器口。" * 6, "不知道"], [1, 2], ended=[False, True])
-    length = len(reward.encode_items(tokenizer, [long], max_len=10_000)[0])  # chat(prompt) + response, no EOS
+    length = len(encode_items(tokenizer, [long], max_len=10_000)[0])  # chat(prompt) + response, no EOS
     reward.warn_if_truncated(tokenizer, [short, long], max_len=length)
     assert "warning" not in capsys.readouterr().err  # exactly max_len tokens: nothing is cut
     reward.warn_if_truncated(tokenizer, [short, long], max_len=length - 1)

@@ -4,8 +4,10 @@ import transformers
 from transformers import LlamaConfig
 
 from rlhfkit import rollout
+from rlhfkit.batching import pad
+from rlhfkit.fast_sampler import FastSampler
 from rlhfkit.modeling import position_ids
-from rlhfkit.rollout import FastSampler, left_pad, response_logprobs, sample, sample_token
+from rlhfkit.rollout import response_logprobs, sample, sample_token
 
 VOCAB = 97
 # Prompts of different lengths, so the batch is left-padded (row 1 by 4 columns, row 2 by 2).
@@ -104,7 +106,7 @@ def test_fast_sampler_is_used_for_llama_family(model):
 
 def test_fast_sampler_matches_hf_forward(model):
     """Prefill of a left-padded batch, then three decoded tokens: the same logits as the HF forward."""
-    ids, mask = left_pad(PROMPTS, PAD)
+    ids, mask = pad(PROMPTS, PAD, left=True)
     assert (mask == 0).any()  # the batch really is padded
     step = FastSampler.for_model(model).stepper(ids, mask, max_new_tokens=4)
     fast = step(None)
@@ -120,10 +122,10 @@ def test_fast_sampler_matches_hf_forward(model):
 
 def test_fast_sampler_ignores_padding(model):
     """A prompt gives the same next-token logits alone as inside a padded batch."""
-    ids, mask = left_pad(PROMPTS, PAD)
+    ids, mask = pad(PROMPTS, PAD, left=True)
     batch = FastSampler.for_model(model).stepper(ids, mask, 1)(None)
     for i, prompt in enumerate(PROMPTS):
-        alone_ids, alone_mask = left_pad([prompt], PAD)
+        alone_ids, alone_mask = pad([prompt], PAD, left=True)
         alone = FastSampler.for_model(model).stepper(alone_ids, alone_mask, 1)(None)
         torch.testing.assert_close(batch[i : i + 1], alone, atol=1e-4, rtol=0)
 

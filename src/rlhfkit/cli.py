@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Pretrain, SFT, label, reward model, PPO / PPO-ptx (and DPO, best-of-n), then the evaluation "
         "report, on the embedded world: no data or downloads needed. --resume skips finished steps.",
     )
-    from rlhfkit.pipeline import PipelineConfig
-
-    C.add_arguments(pipe, PipelineConfig)
+    C.add_arguments(pipe, C.PipelineConfig)
     score = sub.add_parser(
         "score",
         help="reward of one or more responses to a prompt",
@@ -220,8 +218,8 @@ def _generate(args: GenerateArgs) -> None:
 
 
 def _score(args: C.ScoreArgs) -> None:
+    from rlhfkit.batching import score_responses
     from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
-    from rlhfkit.stages.reward import score_responses
     from rlhfkit.tokenizer import load_tokenizer
 
     if not args.prompt or not args.response:

@@ -337,6 +337,24 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 
 
+METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")  # what `rlhfkit pipeline --methods` can run
+
+
+@dataclass
+class PipelineConfig:
+    """The whole run; per-step settings come from the preset and the YAML file's sections."""
+
+    out: str = arg("runs/demo", "run directory")
+    preset: str = arg("default", "tiny (tests, ~1 min) | default (the README's run) | large (GPU)")
+    seed: int = arg(0, "seed of every step (the world itself is fixed)")
+    methods: list[str] = arg(
+        ["ppo", "ppo_ptx", "dpo", "best_of_n"], "methods to run and compare: " + " ".join(METHODS)
+    )
+    mixed_precision: str = arg("auto", "auto | no | bf16 | fp16, for every step")
+    resume: bool = arg(False, "skip finished steps, continue an interrupted one from its checkpoint")
+    print_config: bool = arg(False, "print the resolved configuration as YAML and exit")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CLI and YAML from the dataclasses.
 

@@ -138,16 +138,6 @@ def load_prompts(path: str | Path) -> Loaded[Prompt]:
     return _load(path, _parse_prompt, '{"prompt": "..."}')
 
 
-def prompt_texts(source: str, split: str) -> list[str | list[dict]]:
-    """The prompts of a file (conversations kept whole, see `Prompt.context`), or with source "world" the
-    embedded world's `split` ("rm", "rl" or "eval")."""
-    if source == "world":
-        from rlhfkit.world import split_prompts
-
-        return [task.prompt for task in split_prompts()[split]]
-    return [p.context for p in load_prompts(source)]
-
-
 def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:
     """Yield (location, record) for every row of a data file, e.g. ("data/x.jsonl:12", {...}).
 

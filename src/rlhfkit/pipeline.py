@@ -22,13 +22,19 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from rlhfkit import config as C
+from rlhfkit.config import METHODS, PipelineConfig
 from rlhfkit.console import console
+from rlhfkit.evaluate import run as evaluate
+from rlhfkit.report import write_markdown
+from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
+from rlhfkit.training import is_finished
+from rlhfkit.world import export_world
 
 # Sizes per preset; anything here can be overridden from a YAML file (section per step).
 PRESETS: dict[str, dict[str, dict]] = {
@@ -114,23 +120,7 @@ STEP_CONFIGS = {
     "dpo": C.DPOConfig,
     "eval": C.EvalConfig,
 }
-METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")
 TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "dpo")  # best_of_n trains nothing: it is evaluated from SFT + RM
-
-
-@dataclass
-class PipelineConfig:
-    """The whole run; per-step settings come from the preset and the YAML file's sections."""
-
-    out: str = C.arg("runs/demo", "run directory")
-    preset: str = C.arg("default", "tiny (tests, ~1 min) | default (the README's run) | large (GPU)")
-    seed: int = C.arg(0, "seed of every step (the world itself is fixed)")
-    methods: list[str] = C.arg(
-        ["ppo", "ppo_ptx", "dpo", "best_of_n"], "methods to run and compare: " + " ".join(METHODS)
-    )
-    mixed_precision: str = C.arg("auto", "auto | no | bf16 | fp16, for every step")
-    resume: bool = C.arg(False, "skip finished steps, continue an interrupted one from its checkpoint")
-    print_config: bool = C.arg(False, "print the resolved configuration as YAML and exit")
 
 
 def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, object]:
@@ -262,11 +252,6 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         timings_path.write_text(json.dumps(timings, indent=2))
         return True
 
-    from rlhfkit.evaluate import run as evaluate
-    from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
-    from rlhfkit.stages.lm import is_finished
-    from rlhfkit.world import export_world
-
     corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
     ran = [
         step(
@@ -298,8 +283,6 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     evaluated = (out / "eval" / "report.json").exists() and not any(ran)
     report = json.loads((out / "eval" / "report.json").read_text()) if evaluated else None
     if step("eval", evaluated, lambda: evaluate(steps["eval"])):
-        from rlhfkit.report import write_markdown
-
         report = json.loads((out / "eval" / "report.json").read_text())
         report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
         (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
@@ -313,8 +296,6 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
 
 
 def _has_accelerator() -> bool:
-    import torch
-
     return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 

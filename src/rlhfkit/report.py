@@ -105,7 +105,7 @@ def _chinese_font() -> None:
 def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     """winrate.png of every model in `report`; curves.png of the runs {name: dir} that have training metrics
     (best-of-n has no run: an empty dir is skipped, never read as the current directory)."""
-    import matplotlib
+    import matplotlib  # here, not at the top: the Agg backend must be chosen before pyplot is first imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

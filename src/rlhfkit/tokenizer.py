@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from rlhfkit.modeling import from_pretrained
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 USER = "<|user|>"
@@ -65,8 +67,6 @@ def train_tokenizer(
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Any HF tokenizer; makes sure it has an EOS and a PAD token (PAD falls back to EOS, as TRL does)."""
-    from rlhfkit.modeling import from_pretrained
-
     tokenizer = from_pretrained(AutoTokenizer, path, "tokenizer")
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {path} has no EOS token: rlhfkit needs one to know where answers end")

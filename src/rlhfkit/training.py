@@ -7,6 +7,7 @@ The loops themselves live in `stages/`, one readable file per stage; nothing her
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -14,6 +15,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.utils.tensorboard import SummaryWriter
+from transformers.utils import logging as hf_logging
 
+from rlhfkit.config import HOW_IT_RUNS
 from rlhfkit.console import console  # also imported from here by the stages
-from rlhfkit.modeling import replace_dir
+from rlhfkit.modeling import read_meta, replace_dir
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -41,12 +46,8 @@ class TrainingError(RuntimeError):
 
 def quiet_libraries() -> None:
     """Our own progress bars say what is happening; the libraries' per-file bars and notices are noise."""
-    import warnings
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*shared tensor.*")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
@@ -234,6 +235,40 @@ def remove_checkpoint(out_dir: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What a finished stage records of its settings, and what --resume does with a finished directory.
+
+
+def settings_of(cfg) -> dict:
+    """A stage's settings as saved in its rlhfkit.json (less `config.HOW_IT_RUNS`: how it ran, not what it made)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in HOW_IT_RUNS}
+
+
+def provenance(cfg, changed: dict) -> dict:
+    """What a saved model records of how it was made: its settings, and where a resumed run changed some, the
+    values the checkpoint it continued was written with ({name: value})."""
+    return {"settings": settings_of(cfg), **({"settings_before_resume": changed} if changed else {})}
+
+
+def finished_earlier(cfg, stage: str) -> bool:
+    """--resume on a finished directory: nothing to do. Settings that differ from the finished run's are named,
+    so that nobody takes the old model for one trained with the new settings."""
+    if not (cfg.resume and is_finished(cfg.out)):
+        return False
+    before, now = read_meta(cfg.out).get("settings") or {}, settings_of(cfg)
+    changed = [f"{k} {before[k]!r} (now {now[k]!r})" for k in now if k in before and before[k] != now[k]]
+    note = (
+        f"; it was made with {', '.join(changed)}: give another --out to train with these" if changed else ""
+    )
+    console.print(f"[{stage}] {cfg.out} is already finished; nothing to do{note}")
+    return True
+
+
+def is_finished(out: str | Path) -> bool:
+    """A stage directory whose final model was written (the pipeline's --resume skips it)."""
+    return bool(read_meta(out).get("complete"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Metrics: one JSON line per logged step, the same scalars in TensorBoard, and a live progress bar.
 
 
@@ -259,8 +294,6 @@ class Tracker:
         # A resumed run appends: metrics.jsonl keeps the whole history, rows after the checkpoint are dropped.
         self._truncate_metrics_after(self.start_step)
         self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        from torch.utils.tensorboard import SummaryWriter
-
         self.writer = SummaryWriter(
             log_dir=str(self.out_dir / "tensorboard"), purge_step=self.start_step or None
         )

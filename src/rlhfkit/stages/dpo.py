@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.batching import check_conversations, encode_prompt, encode_response, pad, warn_if_cut
 from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
-from rlhfkit.stages.lm import finished_earlier, provenance, settings_of
-from rlhfkit.stages.reward import check_conversations, encode_prompt, encode_response, right_pad, warn_if_cut
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -37,13 +36,16 @@ from rlhfkit.training import (
     clip_gradients,
     console,
     cosine_schedule,
+    finished_earlier,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
     microbatch_numbers,
+    provenance,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
+    settings_of,
     sync_gradients_if,
 )
 
@@ -210,7 +212,7 @@ def response_logprobs(policy, batch: list[EncodedRanking], pad_id: int, device) 
     """log π(y|x) of every response of every ranking, in one forward. (N,)"""
     rows = [row for ranking in batch for row in ranking.rows]
     prompt_lens = [n for ranking in batch for n in ranking.prompt_lens]
-    ids, mask = right_pad(rows, pad_id)
+    ids, mask = pad(rows, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     response = mask.clone()
     for i, prompt_len in enumerate(prompt_lens):

@@ -11,24 +11,24 @@ can measure the agreement ceiling of the very labelers its data came from.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from rlhfkit.batching import encode_prompts
 from rlhfkit.config import LabelConfig
-from rlhfkit.data import prompt_texts, write_jsonl
+from rlhfkit.data import write_jsonl
+from rlhfkit.labelers import labeler_settings, simulated_labelers, write_settings
 from rlhfkit.modeling import check_vocab, for_inference, load_causal_lm
-from rlhfkit.rollout import decode_responses, encode_prompts, sample
+from rlhfkit.rollout import decode_responses, sample
+from rlhfkit.sources import WORLD, prompt_texts
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import console, seed_everything
+from rlhfkit.world import parse_prompt
+from rlhfkit.world.oracle import PANEL_SEEDS
 
 
 def run(cfg: LabelConfig) -> Path:
-    if cfg.k < 2:
-        raise ValueError(f"label --k {cfg.k}: a ranking needs at least 2 responses")
-    from rlhfkit.world.oracle import PANEL_SEEDS
-
     shared = sorted(set(range(cfg.seed, cfg.seed + cfg.n_labelers)) & set(PANEL_SEEDS))
     if shared:
         raise ValueError(
@@ -37,13 +37,9 @@ def run(cfg: LabelConfig) -> Path:
             "which would then judge its own rankings; pick a seed outside that range"
         )
     seed_everything(cfg.seed)
-    if cfg.rounds < 1:
-        raise ValueError(f"label --rounds {cfg.rounds}: rank each prompt at least once")
     # Each round samples K fresh answers for every prompt and gives them to the next labeler in turn.
     base = prompt_texts(cfg.prompts, "rm")
-    if cfg.prompts != "world":
-        from rlhfkit.world import parse_prompt
-
+    if cfg.prompts != WORLD:
         foreign = [n for n, p in enumerate(base, start=1) if parse_prompt(p) is None]
         if foreign:
             raise ValueError(
@@ -97,7 +93,7 @@ def run(cfg: LabelConfig) -> Path:
                     }
                 )
     n = write_jsonl(cfg.out, rows)
-    settings_path(cfg.out).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    write_settings(cfg.out, settings)
     console.print(
         f"[label] wrote {n} rankings of K={cfg.k} ({cfg.rounds} per prompt) to {cfg.out}"
         + (
@@ -120,46 +116,3 @@ def ranks_with_ties(ranking: list[int], responses: list[str], ended: list[bool])
         dense.setdefault((responses[index], ended[index]), len(dense) + 1)
     ranks = [dense[(r, e)] for r, e in zip(responses, ended)]
     return {"ranking": ranking} if len(set(ranks)) == len(ranks) else {"ranks": ranks}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The labelers' settings, recorded next to the comparisons they wrote
-
-LABELER_SETTINGS = ("n_labelers", "seed", "labeler_noise", "label_noise")  # LabelConfig fields that make them
-
-
-def labeler_settings(cfg: LabelConfig) -> dict:
-    """The LabelConfig fields that make the labelers: {n_labelers, seed, labeler_noise, label_noise}."""
-    return {name: getattr(cfg, name) for name in LABELER_SETTINGS}
-
-
-def simulated_labelers(settings: dict) -> list:
-    """The world's labelers for the settings {n_labelers, seed, labeler_noise, label_noise}."""
-    from rlhfkit.world import labelers
-
-    return labelers(
-        settings["n_labelers"],
-        seed=settings["seed"],
-        noise=settings["labeler_noise"],
-        flip_rate=settings["label_noise"],
-    )
-
-
-def settings_path(comparisons: str | Path) -> Path:
-    """comparisons.jsonl -> comparisons.labelers.json"""
-    return Path(comparisons).with_suffix(".labelers.json")
-
-
-def default_settings(why: str = "") -> dict:
-    """LabelConfig's defaults, with "source" saying that they are a fallback (and why)."""
-    source = "LabelConfig defaults" + (f" ({why})" if why else "")
-    return {**labeler_settings(LabelConfig()), "source": source}
-
-
-def read_settings(comparisons: str | Path) -> dict:
-    """The settings of the labelers that wrote `comparisons`, with "source" naming the file they came from;
-    LabelConfig's defaults for a file `label` did not write (a user's rankings, or an older run)."""
-    path = settings_path(comparisons)
-    if not path.is_file():
-        return default_settings(f"{path} not found")
-    return {**json.loads(path.read_text(encoding="utf-8")), "source": str(path)}

@@ -7,13 +7,12 @@ cosine LR, clipping, checkpoints, resume — is this one loop, read top to botto
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlhfkit.config import HOW_IT_RUNS, TrainArgs
+from rlhfkit.batching import LMExample, collate
+from rlhfkit.config import TrainArgs
 from rlhfkit.losses import lm_loss
 from rlhfkit.modeling import save_model
 from rlhfkit.training import (
@@ -27,17 +26,13 @@ from rlhfkit.training import (
     make_accelerator,
     make_optimizer,
     microbatch_numbers,
+    provenance,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
+    settings_of,
     sync_gradients_if,
 )
-
-
-@dataclass
-class LMExample:
-    input_ids: list[int]
-    labels: list[int]  # -100 where no loss is taken
 
 
 def train_lm(
@@ -110,51 +105,3 @@ def train_lm(
         console.print(f"[{stage}] saved to {out}")
     accelerator.wait_for_everyone()
     return final
-
-
-def collate(examples: list[LMExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch (padding trimmed, not to max_len)."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-
-
-def settings_of(cfg) -> dict:
-    """A stage's settings as saved in its rlhfkit.json (less `config.HOW_IT_RUNS`: how it ran, not what it made)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in HOW_IT_RUNS}
-
-
-def provenance(cfg, changed: dict) -> dict:
-    """What a saved model records of how it was made: its settings, and where a resumed run changed some, the
-    values the checkpoint it continued was written with ({name: value})."""
-    return {"settings": settings_of(cfg), **({"settings_before_resume": changed} if changed else {})}
-
-
-def finished_earlier(cfg, stage: str) -> bool:
-    """--resume on a finished directory: nothing to do. Settings that differ from the finished run's are named,
-    so that nobody takes the old model for one trained with the new settings."""
-    from rlhfkit.modeling import read_meta
-
-    if not (cfg.resume and is_finished(cfg.out)):
-        return False
-    before, now = read_meta(cfg.out).get("settings") or {}, settings_of(cfg)
-    changed = [f"{k} {before[k]!r} (now {now[k]!r})" for k in now if k in before and before[k] != now[k]]
-    note = (
-        f"; it was made with {', '.join(changed)}: give another --out to train with these" if changed else ""
-    )
-    console.print(f"[{stage}] {cfg.out} is already finished; nothing to do{note}")
-    return True
-
-
-def is_finished(out: str | Path) -> bool:
-    """A stage directory whose final model was written (the pipeline's --resume skips it)."""
-    from rlhfkit.modeling import read_meta
-
-    return bool(read_meta(out).get("complete"))

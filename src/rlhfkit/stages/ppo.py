@@ -35,10 +35,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from rlhfkit.batching import NARROW_REWARD_STD, collate, encode_prompts, narrow_rewards, pack
 from rlhfkit.config import PPOConfig
-from rlhfkit.data import prompt_texts
 from rlhfkit.losses import (
     entropy_from_logits,
     gae,
@@ -63,9 +64,8 @@ from rlhfkit.modeling import (
     save_model,
     scalar_head,
 )
-from rlhfkit.rollout import SampleBatch, decode_responses, encode_prompts, response_logprobs, sample
-from rlhfkit.stages.lm import collate, finished_earlier, provenance, settings_of
-from rlhfkit.stages.reward import NARROW_REWARD_STD, narrow_rewards
+from rlhfkit.rollout import SampleBatch, decode_responses, response_logprobs, sample
+from rlhfkit.sources import WORLD, pretrain_texts, prompt_texts
 from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -74,12 +74,15 @@ from rlhfkit.training import (
     clip_gradients,
     console,
     cosine_schedule,
+    finished_earlier,
     load_checkpoint,
     make_accelerator,
     parameter_groups,
+    provenance,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
+    settings_of,
 )
 
 
@@ -88,7 +91,7 @@ def run(cfg: PPOConfig, reward_fn=None):
     out = Path(cfg.out)
     if finished_earlier(cfg, cfg.algo):
         return None
-    if cfg.algo == "rloo" and (cfg.rloo_k < 2 or cfg.batch_size % cfg.rloo_k):
+    if cfg.algo == "rloo" and cfg.batch_size % cfg.rloo_k:
         raise ValueError(
             f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
             "each prompt is sampled rloo_k times"
@@ -118,8 +121,6 @@ def run(cfg: PPOConfig, reward_fn=None):
     policy.eval()  # dropout off during RL: sampling and training see the same network
     ref_policy = None
     if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
         policy = get_peft_model(
             policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
         )
@@ -151,7 +152,7 @@ def run(cfg: PPOConfig, reward_fn=None):
             ("RL prompts", cfg.prompts, "--prompts"),
             ("ptx text", ptx_blocks and cfg.ptx_data, "--ptx-data"),
         )
-        if used == "world"
+        if used == WORLD
     }
     if world:
         console.print(
@@ -408,15 +409,8 @@ def reward_units(config, cfg: PPOConfig) -> tuple[float, float]:
 
 
 def load_ptx_blocks(cfg: PPOConfig, tokenizer):
-    from rlhfkit.config import PretrainConfig
-    from rlhfkit.stages.pretrain import load_texts, pack
-
-    return pack(
-        load_texts(PretrainConfig(data=cfg.ptx_data)),
-        tokenizer,
-        cfg.max_len,
-        f"ppo --ptx-data {cfg.ptx_data}",
-    )
+    """The pretraining text of the ptx term in blocks of max_len tokens (the world's: its default corpus)."""
+    return pack(pretrain_texts(cfg.ptx_data), tokenizer, cfg.max_len, f"ppo --ptx-data {cfg.ptx_data}")
 
 
 def reference_logprobs(policy, ref_policy, batch: SampleBatch, temperature: float) -> torch.Tensor:

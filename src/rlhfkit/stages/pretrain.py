@@ -10,13 +10,13 @@ behaviour the seed describes: given an instruction it continues it instead of an
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from rlhfkit.batching import pack
 from rlhfkit.config import PretrainConfig
 from rlhfkit.modeling import ModelSize, build_default_model, check_vocab, load_causal_lm
-from rlhfkit.stages.lm import LMExample, finished_earlier, train_lm
+from rlhfkit.sources import pretrain_texts
+from rlhfkit.stages.lm import train_lm
 from rlhfkit.tokenizer import load_tokenizer, train_tokenizer
-from rlhfkit.training import console
+from rlhfkit.training import console, finished_earlier
 
 
 def run(cfg: PretrainConfig):
@@ -48,50 +48,4 @@ def run(cfg: PretrainConfig):
 
 
 def load_texts(cfg: PretrainConfig) -> list[str]:
-    if cfg.data == "world":
-        from rlhfkit.world.corpus import TRAIN_DOCS_MAX, pretrain_corpus
-
-        if cfg.world_docs > TRAIN_DOCS_MAX:
-            console.print(
-                f"[pretrain] {cfg.world_docs} world documents: `rlhfkit eval --heldout-text world` avoids only the "
-                f"first {TRAIN_DOCS_MAX}; measure perplexity on the pretrain_heldout.jsonl of `rlhfkit world export "
-                f"--docs {cfg.world_docs}` (rlhfkit pipeline does)"
-            )
-        return pretrain_corpus(n_docs=cfg.world_docs)  # the world is fixed; cfg.seed varies training
-    from rlhfkit.data import load_pretrain
-
-    return list(load_pretrain(Path(cfg.data)))
-
-
-def token_stream(texts: list[str], tokenizer) -> list[int]:
-    """The documents' tokens end to end, each followed by EOS."""
-    stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(tokenizer.eos_token_id)
-    return stream
-
-
-def pack(
-    texts: list[str],
-    tokenizer,
-    block: int,
-    source: str = "the pretraining data",
-    whole_if_short: bool = False,
-) -> list[LMExample]:
-    """Concatenate documents, each followed by EOS, and cut the stream into full blocks (a shorter tail is left
-    out). A stream shorter than one block is an error, or with `whole_if_short` one block of all of it."""
-    stream = token_stream(texts, tokenizer)
-    if whole_if_short and 2 <= len(stream) < block:
-        block = len(stream)
-    n = len(stream) // block
-    if n == 0:
-        if whole_if_short:  # 0 or 1 token: nothing to predict
-            raise ValueError(f"{source}: {len(stream)} tokens, too few to measure on; give more text")
-        raise ValueError(
-            f"{source}: {len(stream)} tokens, fewer than one block of {block} (--max-len); "
-            "give more text or a smaller --max-len"
-        )
-    return [
-        LMExample(stream[i * block : (i + 1) * block], stream[i * block : (i + 1) * block]) for i in range(n)
-    ]
+    return pretrain_texts(cfg.data, cfg.world_docs)

@@ -29,8 +29,18 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import LabelConfig, RewardConfig
+from rlhfkit.batching import (
+    NARROW_REWARD_STD,
+    check_conversations,
+    encode_items,
+    narrow_rewards,
+    pad,
+    score_responses,
+    warn_if_cut,
+)
+from rlhfkit.config import RewardConfig
 from rlhfkit.data import DataError, Ranked, load_preferences, load_sft
+from rlhfkit.labelers import default_settings, read_settings, simulated_labelers
 from rlhfkit.losses import ranking_accuracy, ranking_loss
 from rlhfkit.modeling import (
     TokenScores,
@@ -40,8 +50,8 @@ from rlhfkit.modeling import (
     read_meta,
     save_model,
 )
-from rlhfkit.stages.lm import finished_earlier, provenance, settings_of
-from rlhfkit.tokenizer import format_prompt, load_tokenizer
+from rlhfkit.sources import WORLD
+from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -49,14 +59,27 @@ from rlhfkit.training import (
     clip_gradients,
     console,
     cosine_schedule,
+    finished_earlier,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
     microbatch_numbers,
+    provenance,
     remove_checkpoint,
     save_checkpoint,
     seed_everything,
+    settings_of,
     sync_gradients_if,
+)
+from rlhfkit.world import (
+    DIMENSIONS,
+    SEED_RANKINGS,
+    WEIGHTS,
+    demonstrations,
+    eval_panel,
+    inter_labeler_agreement,
+    parse_prompt,
+    score,
 )
 
 
@@ -79,7 +102,7 @@ def run(cfg: RewardConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
-    check_conversations(tokenizer, items, f"reward --data {comparisons_path(cfg)}")
+    check_conversations(tokenizer, items, f"reward --data {cfg.data}")
     warn_if_truncated(tokenizer, items, cfg.max_len)
     model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -158,18 +181,7 @@ def run(cfg: RewardConfig):
         remove_checkpoint(out)
         report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
         (out / "eval.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-        val = (
-            f"val accuracy {report['val_accuracy']:.3f}"
-            if val_items
-            else f"no validation rankings (--val-fraction {cfg.val_fraction} of {len(items)} rankings' prompts)"
-        )
-        console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {out}")
-        for ranking in report.get("seed_rankings", []):
-            scores = " / ".join(f"{r:+.2f}" for r in ranking["rewards"])
-            verdict = "in the seed's order" if ranking["in_seed_order"] else "NOT in the seed's order"
-            console.print(
-                f"[reward] the seed's answers to {ranking['prompt']} best first: {scores} ({verdict})"
-            )
+        print_report(report, cfg, len(items))
     return final
 
 
@@ -177,19 +189,14 @@ def run(cfg: RewardConfig):
 # Data
 
 
-def comparisons_path(cfg: RewardConfig) -> str:
-    """The comparisons file: --data, or with 'world' the one `label` writes into the run's directory."""
-    return str(Path(cfg.out) / "comparisons.jsonl") if cfg.data == "world" else cfg.data
-
-
 def load_comparisons(cfg: RewardConfig) -> list[Ranked]:
-    path = comparisons_path(cfg)
-    if cfg.data == "world":
-        if not (cfg.resume and Path(path).exists()):
-            from rlhfkit.stages import label
-
-            label.run(LabelConfig(out=path, model=cfg.model, seed=cfg.seed))
-    return list(load_preferences(path))
+    """The rankings of --data. Writing them is `label`'s job, and running label then reward the pipeline's."""
+    if cfg.data == WORLD:
+        raise ValueError(
+            "reward --data world: the reward model trains on a comparisons file; write one with `rlhfkit label "
+            "--model SFT_DIR --out FILE.jsonl` and give --data FILE.jsonl (`rlhfkit pipeline` runs both)"
+        )
+    return list(load_preferences(cfg.data))
 
 
 def split_by_prompt(items: list[Ranked], val_fraction: float, seed: int) -> tuple[list[Ranked], list[Ranked]]:
@@ -213,17 +220,6 @@ def as_independent_pairs(items: list[Ranked], seed: int) -> list[Ranked]:
     return pairs
 
 
-def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
-    """A prompt given as a conversation needs the tokenizer's chat template: say so before any training step."""
-    rows = [n for n, item in enumerate(items, 1) if item.prompt_messages]
-    if rows and not tokenizer.chat_template:
-        raise ValueError(
-            f"{where}: {len(rows)} rows give the prompt as a conversation (the first is ranking {rows[0]}), but "
-            f"the tokenizer of {tokenizer.name_or_path} has no chat template; give plain-text prompts, or add a "
-            "chat_template to the tokenizer"
-        )
-
-
 def warn_if_truncated(tokenizer, items: list[Ranked], max_len: int) -> None:
     """Say how many responses lose their prompt's start to --max-len (`encode_response` keeps the last tokens)."""
     # Encoded to max_len + 1 tokens, a row is too long exactly when it keeps all of them: one pass, no second count.
@@ -231,67 +227,11 @@ def warn_if_truncated(tokenizer, items: list[Ranked], max_len: int) -> None:
     warn_if_cut("reward", sum(len(row) > max_len for row in rows), len(rows), max_len)
 
 
-def warn_if_cut(stage: str, n_cut: int, n_responses: int, max_len: int) -> None:
-    """The warning of a stage that cut `n_cut` rows to their last `max_len` tokens (reward, DPO)."""
-    if n_cut:
-        console.print(
-            f"[{stage}] warning: {n_cut} of {n_responses} responses are longer than --max-len {max_len} with "
-            f"their prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
-        )
-
-
-def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Token ids of chat(prompt); `prompt` may be a whole conversation (`Ranked.context`)."""
-    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-
-
-def encode_response(tokenizer, prompt_ids: list[int], response: str, ended: bool, max_len: int) -> list[int]:
-    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores. The prompt comes encoded
-    (`encode_prompt`), once for all of its K responses: rendering the chat template is the slow part."""
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if ended else [])
-    return ids[-max_len:] if len(ids) > max_len else ids
-
-
-def encode_rows(
-    tokenizer, prompts: list, responses: list[str], ended: list[bool], max_len: int
-) -> list[list[int]]:
-    """`encode_response` of each (prompt, response, ended); a prompt repeating the one before it (the K responses
-    of a ranking, the n samples of best-of-n) reuses its ids instead of rendering the chat template again."""
-    rows, previous, prompt_ids = [], None, []
-    for prompt, response, e in zip(prompts, responses, ended):
-        if prompt != previous:
-            previous, prompt_ids = prompt, encode_prompt(tokenizer, prompt)
-        rows.append(encode_response(tokenizer, prompt_ids, response, e, max_len))
-    return rows
-
-
-def encode_items(tokenizer, items: list[Ranked], max_len: int) -> list[list[int]]:
-    """`encode_rows` of every response of every item, item by item, in the order of its responses."""
-    return encode_rows(
-        tokenizer,
-        [item.context for item in items for _ in item.responses],
-        [response for item in items for response in item.responses],
-        [e for item in items for e in item.ended or [True] * len(item.responses)],
-        max_len,
-    )
-
-
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def batch_rewards(model, tokenizer, items: list[Ranked], max_len: int, device):
     """Score every response of every item in one forward; returns rewards, ranks and mask, each (P, K_max)."""
     where = [(p, k) for p, item in enumerate(items) for k in range(len(item.responses))]
     rows = encode_items(tokenizer, items, max_len)  # in the order of `where`
-    ids, mask = right_pad(rows, tokenizer.pad_token_id)
+    ids, mask = pad(rows, tokenizer.pad_token_id)
     flat = last_token_scores(model, ids.to(device), mask.to(device)).float()  # (N,)
     k_max = max(len(i.responses) for i in items)
     rewards = torch.zeros(len(items), k_max, device=device)
@@ -333,40 +273,6 @@ def accuracy(
     return correct / max(total, 1), loss_sum / max(len(items), 1)
 
 
-@torch.no_grad()
-def score_responses(
-    model,
-    tokenizer,
-    prompts: list[str],
-    responses: list[str],
-    ended: list[bool] | None = None,
-    max_len: int = 256,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """r(x, y) for each (prompt, response), including the stored demonstration-mean shift. (N,)"""
-    ended = ended if ended is not None else [True] * len(prompts)
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = slice(i, i + batch_size)
-        rows = encode_rows(tokenizer, prompts[batch], responses[batch], ended[batch], max_len)
-        ids, mask = right_pad(rows, tokenizer.pad_token_id)
-        out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
-    return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
-
-
-# Below this spread on the centring answers the reward model barely tells answers apart, and PPO's rewards,
-# divided by it, grow by 1/std: both deserve a word.
-NARROW_REWARD_STD = 0.05
-
-
-def narrow_rewards(std: float) -> str:
-    return (
-        f"the reward model's scores of the centring answers spread by only {std:.4f}, so it barely tells answers "
-        f"apart; PPO divides rewards by that spread (×{1 / max(std, 1e-12):.0f}) unless given --no-scale-rewards"
-    )
-
-
 Demo = tuple[str | list[dict], str, bool]  # (prompt or conversation, completion, ended)
 
 
@@ -377,14 +283,12 @@ def load_demonstrations(cfg: RewardConfig, items: list[Ranked]) -> list[Demo] | 
     `centre_on_demonstrations`)."""
     if not cfg.demonstrations:
         return None
-    if cfg.demonstrations != "world":
+    if cfg.demonstrations != WORLD:
         try:
             rows = load_sft(cfg.demonstrations)
         except DataError as err:
             raise DataError(f"reward --demonstrations {cfg.demonstrations}: {err}") from None
         return [(row.messages[:-1] if row.messages else row.prompt, row.completion, True) for row in rows]
-    from rlhfkit.world import demonstrations, parse_prompt
-
     if any(parse_prompt(item.prompt) is None for item in items):
         console.print(
             "[reward] these comparisons are not the embedded world's: the reward is centred on their best-ranked "
@@ -429,11 +333,15 @@ def centre_on_best_answers(model, tokenizer, items: list[Ranked], max_len: int) 
     return -float(scores[best].mean()), float(scores.std()) if len(scores) > 1 else 1.0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation (reward/eval.json): accuracy, and on the embedded world the reward model against the held-out panel.
+# The panel is a set of simulated labelers with seeds no training step ever used, so a reward model is never
+# graded by the labelers it learned from (InstructGPT's held-out labelers).
+
+
 def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardConfig) -> dict:
     """reward/eval.json: accuracy, over-fitting gap and — on the embedded world — agreement with the held-out
     gold panel, the labelers' own agreement (the ceiling), accuracy per oracle dimension, Spearman vs gold."""
-    from rlhfkit.training import make_accelerator
-
     accelerator = make_accelerator("no")
     val_acc, val_loss = (
         accuracy(model, tokenizer, val_items, cfg.max_len, accelerator) if val_items else (None, None)
@@ -450,15 +358,133 @@ def evaluate_reward_model(model, tokenizer, val_items, train_probe, cfg: RewardC
         "reward_bias": float(model.config.reward_bias),
         "reward_std": float(model.config.reward_std),
     }
-    from rlhfkit.evaluate import reward_model_vs_gold, seed_rankings
-    from rlhfkit.stages.label import read_settings
-
-    vs_gold = reward_model_vs_gold(
-        model, tokenizer, val_items, cfg.max_len, read_settings(comparisons_path(cfg))
-    )
+    vs_gold = reward_model_vs_gold(model, tokenizer, val_items, cfg.max_len, read_settings(cfg.data))
     report.update(vs_gold)
     if vs_gold:  # the embedded world's comparisons: the seed's own examples mean something to this RM
         report["seed_rankings"] = seed_rankings(model, tokenizer, cfg.max_len)
     meta = read_meta(cfg.model)
     report["initialised_from"] = {"path": cfg.model, "stage": meta.get("stage")}
     return report
+
+
+def print_report(report: dict, cfg: RewardConfig, n_items: int) -> None:
+    val = (
+        f"val accuracy {report['val_accuracy']:.3f}"
+        if report["n_val_rankings"]
+        else f"no validation rankings (--val-fraction {cfg.val_fraction} of {n_items} rankings' prompts)"
+    )
+    console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {Path(cfg.out)}")
+    for ranking in report.get("seed_rankings", []):
+        scores = " / ".join(f"{r:+.2f}" for r in ranking["rewards"])
+        verdict = "in the seed's order" if ranking["in_seed_order"] else "NOT in the seed's order"
+        console.print(f"[reward] the seed's answers to {ranking['prompt']} best first: {scores} ({verdict})")
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+
+    def ranks(v: list[float]) -> torch.Tensor:
+        t = torch.tensor(v, dtype=torch.float64)
+        order = t.argsort()
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        for value in t.unique():  # ties share their mean rank
+            same = t == value
+            r[same] = r[same].mean()
+        return r
+
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.norm() * ry.norm()).item()
+    return float((rx * ry).sum().item() / denom) if denom > 0 else float("nan")
+
+
+def reward_model_vs_gold(
+    model, tokenizer, items: list[Ranked], max_len: int, label_settings: dict | None = None
+) -> dict:
+    """Compare the reward model with the held-out gold panel on held-out comparisons (embedded world only).
+
+    `label_settings` are those of the labelers that wrote the comparisons (`labelers.read_settings`), for their
+    agreement ceiling; None means LabelConfig's defaults, and the report's "labelers" says which were used."""
+    items = [i for i in items if parse_prompt(i.prompt) is not None]
+    if not items:
+        return {}
+    label_settings = label_settings or default_settings()
+    contexts, prompts, responses, ended = [], [], [], []
+    for item in items:
+        for k, response in enumerate(item.responses):
+            contexts.append(item.context)  # what the RM was trained on: system prompt and earlier turns too
+            prompts.append(item.prompt)  # what the oracle and the panel read
+            responses.append(response)
+            ended.append(item.ended[k] if item.ended else True)
+    rewards = score_responses(model, tokenizer, contexts, responses, ended, max_len=max_len).tolist()
+    golds = [score(p, r, e) for p, r, e in zip(prompts, responses, ended)]
+
+    def orders_like(ia: int, ib: int, prefers_a: bool) -> bool:
+        """Does the RM strictly prefer the same response? An RM tie agrees with neither side."""
+        return rewards[ia] > rewards[ib] if prefers_a else rewards[ib] > rewards[ia]
+
+    panel = eval_panel()
+    agree_panel = agree_data = n_pairs = n_labelled = 0
+    by_dim: dict[str, list[int]] = {d: [0, 0] for d in DIMENSIONS}
+    per_family: dict[str, list[int]] = {}  # family: [RM agrees, labels agree, pairs, labelled pairs]
+    offset = 0
+    for item in items:
+        K = len(item.responses)
+        family = per_family.setdefault(parse_prompt(item.prompt).family, [0, 0, 0, 0])
+        for a in range(K):
+            for b in range(a + 1, K):
+                ia, ib = offset + a, offset + b
+                verdict = panel.compare(item.prompt, responses[ia], ended[ia], responses[ib], ended[ib])
+                if verdict == 0.5:
+                    continue
+                panel_prefers_a = verdict == 1.0
+                rm_agrees = orders_like(ia, ib, panel_prefers_a)
+                n_pairs += 1
+                agree_panel += rm_agrees
+                family[0] += rm_agrees
+                family[2] += 1
+                if item.ranks[a] != item.ranks[b]:  # a pair the labels tie says nothing either way
+                    labels_agree = (item.ranks[a] < item.ranks[b]) == panel_prefers_a
+                    n_labelled += 1
+                    agree_data += labels_agree
+                    family[1] += labels_agree
+                    family[3] += 1
+                # The dimension that separates the pair most: does the RM catch that kind of mistake?
+                gaps = {d: WEIGHTS[d] * (golds[ia].dims[d] - golds[ib].dims[d]) for d in DIMENSIONS}
+                dim = max(gaps, key=lambda d: abs(gaps[d]))
+                if abs(gaps[dim]) > 1e-6 and golds[ia].total != golds[ib].total:  # gold ties have no answer
+                    by_dim[dim][0] += orders_like(ia, ib, golds[ia].total > golds[ib].total)
+                    by_dim[dim][1] += 1
+        offset += K
+    labeler_items = [(i.prompt, i.responses, i.ended or [True] * len(i.responses)) for i in items]
+    return {
+        "panel_agreement": agree_panel / max(n_pairs, 1),
+        "labels_vs_panel_agreement": agree_data / max(n_labelled, 1),
+        "inter_labeler_agreement": inter_labeler_agreement(simulated_labelers(label_settings), labeler_items),
+        "labelers": label_settings,
+        "spearman_reward_vs_gold": spearman(rewards, [g.total for g in golds]),
+        "accuracy_by_dimension": {d: {"accuracy": c / n, "pairs": n} for d, (c, n) in by_dim.items() if n},
+        # Where the RM falls short of its data: agreement with the panel per prompt family, the labels' beside it
+        "panel_agreement_by_family": {
+            f: {"reward_model": rm / max(n, 1), "labels": lab / max(nl, 1), "pairs": n}
+            for f, (rm, lab, n, nl) in sorted(per_family.items())
+        },
+        "n_panel_pairs": n_pairs,
+        "n_labelled_panel_pairs": n_labelled,
+    }
+
+
+def seed_rankings(model, tokenizer, max_len: int) -> list[dict]:
+    """The reward model's scores of the seed's own ranked answers (`world.SEED_RANKINGS`: 重庆 2-1 > 2-2 > 2-3,
+    the punctuated 北京 answer over the unpunctuated one), and whether it orders them as the seed does."""
+    out = []
+    for prompt, answers in SEED_RANKINGS:
+        rewards = score_responses(
+            model, tokenizer, [prompt] * len(answers), answers, max_len=max_len
+        ).tolist()
+        in_order = all(a > b for a, b in zip(rewards, rewards[1:]))
+        out.append({"prompt": prompt, "answers": answers, "rewards": rewards, "in_seed_order": in_order})
+    return out

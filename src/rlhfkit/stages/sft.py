@@ -12,13 +12,16 @@ linear layers) are trained and then merged, so the saved model is a plain HF mod
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
+from peft import LoraConfig, get_peft_model
+
+from rlhfkit.batching import LMExample
 from rlhfkit.config import SFTConfig
 from rlhfkit.modeling import check_vocab, load_causal_lm
-from rlhfkit.stages.lm import LMExample, finished_earlier, train_lm
+from rlhfkit.sources import demonstrations
+from rlhfkit.stages.lm import train_lm
 from rlhfkit.tokenizer import format_messages, format_prompt, load_tokenizer
-from rlhfkit.training import console, seed_everything
+from rlhfkit.training import console, finished_earlier, seed_everything
 
 
 def run(cfg: SFTConfig):
@@ -27,26 +30,13 @@ def run(cfg: SFTConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
     check_vocab(model, tokenizer, f"sft --model {cfg.model}")
-    examples = build_examples(load_demonstrations(cfg), tokenizer, cfg.max_len, f"sft --data {cfg.data}")
+    examples = build_examples(demonstrations(cfg.data), tokenizer, cfg.max_len, f"sft --data {cfg.data}")
     if cfg.lora_r > 0:
         seed_everything(cfg.seed)  # the adapters' random initialisation is part of the run
         model = add_lora(model, cfg)
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(examples) / (cfg.batch_size * cfg.grad_accum))
     console.print(f"[sft] {len(examples)} demonstrations, {steps} steps")
     return train_lm(cfg, model, tokenizer, examples, steps, "sft", {"stage": "sft", "chat": True})
-
-
-def load_demonstrations(cfg: SFTConfig) -> list[tuple[str, str] | list[dict]]:
-    """(prompt, completion) pairs, or message lists."""
-    if cfg.data == "world":
-        from rlhfkit.world import demonstrations
-
-        return [(d["prompt"], d["completion"]) for d in demonstrations()]
-    from rlhfkit.data import load_sft
-
-    return [
-        row.messages if row.messages else (row.prompt, row.completion) for row in load_sft(Path(cfg.data))
-    ]
 
 
 def build_examples(demos, tokenizer, max_len: int, source: str = "sft") -> list[LMExample]:
@@ -72,8 +62,6 @@ def build_examples(demos, tokenizer, max_len: int, source: str = "sft") -> list[
 
 
 def add_lora(model, cfg: SFTConfig):
-    from peft import LoraConfig, get_peft_model
-
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

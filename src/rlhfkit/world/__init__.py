@@ -1,8 +1,10 @@
 """The embedded default world: facts, a pretraining corpus, prompts, demonstrations and a gold judge.
 
 A small synthetic Chinese world that reproduces the seed's examples, so the whole pipeline runs without
-downloads. The trainers never import it; it is only a data source (`export_world`) and a judge (`score`,
-`Labeler`, `eval_panel`).
+downloads. It is only a data source and a judge, and it imports nothing of rlhfkit but the file writer
+(`data.write_jsonl`). The trainers read it as a data source through `rlhfkit.sources` (a data setting given as
+"world"; `export_world` writes the same data as files); as a judge (`score`, `Labeler`, `eval_panel`) it serves
+the simulated labelers (`label`), and the held-out panel of the reward model's and the policies' evaluations.
 """
 
 from rlhfkit.world.corpus import heldout_corpus, pretrain_corpus
