@@ -339,7 +339,9 @@ def test_value_model_starts_in_the_rewards_units(tiny_sft, tiny_reward):
     value_model = ppo.make_value_model(config, policy, tokenizer)
     with torch.no_grad():
         values = per_token_scores(value_model, batch.sequences, batch.attention_mask)  # (B, T) every position
-        rewards = ppo.score_episodes(reward_model, None, batch, [], [], config)  # (B,)
+        rewards = ppo.score_episodes(
+            reward_model, ppo.reward_units(reward_model.config, config), None, batch, [], [], config
+        )  # (B,)
     last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(1)  # the last real token
     torch.testing.assert_close(values[torch.arange(2), last], rewards, atol=1e-5, rtol=0)
 

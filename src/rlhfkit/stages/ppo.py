@@ -31,7 +31,7 @@ the per-iteration RNG is derived from (seed, iteration) so that --resume continu
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -91,106 +91,18 @@ def run(cfg: PPOConfig, reward_fn=None):
     out = Path(cfg.out)
     if finished_earlier(cfg, cfg.algo):
         return None
-    if cfg.algo == "rloo" and cfg.batch_size % cfg.rloo_k:
-        raise ValueError(
-            f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
-            "each prompt is sampled rloo_k times"
-        )
-    if cfg.grad_accum != 1:
-        raise ValueError(
-            f"ppo --grad-accum {cfg.grad_accum}: PPO takes one optimizer step per minibatch; "
-            "set --mini-batch-size (episodes per step) instead"
-        )
-    if cfg.temperature <= 0:
-        raise ValueError(
-            f"ppo --temperature {cfg.temperature}: PPO needs the sampling distribution's log-probabilities; use > 0"
-        )
-    if cfg.lora_r > 0 and cfg.ref_policy:
-        raise ValueError(
-            f"ppo --lora-r {cfg.lora_r} --ref-policy {cfg.ref_policy}: with LoRA the reference is the policy with "
-            "its adapters off (no second model is loaded); leave out --ref-policy, or train without --lora-r"
-        )
+    check_settings(cfg)
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
-
-    # The four models: policy (trained), reference (frozen), reward (frozen), value (trained, from the RM).
-    tokenizer = load_tokenizer(cfg.policy)
-    policy = load_causal_lm(cfg.policy)
-    check_vocab(policy, tokenizer, f"ppo --policy {cfg.policy}")
-    policy.eval()  # dropout off during RL: sampling and training see the same network
-    ref_policy = None
-    if cfg.lora_r > 0:
-        policy = get_peft_model(
-            policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
-        )
-        policy.eval()  # get_peft_model returns a model in train mode
-    else:
-        ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
-        check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
-    reward_model = None
-    if reward_fn is None:
-        reward_model = (
-            load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True)
-            .eval()
-            .requires_grad_(False)
-            .to(device)
-        )
-        check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}", cfg.reward_model)
-        _, scale = reward_units(reward_model.config, cfg)  # 1 without --scale-rewards
-        if scale < NARROW_REWARD_STD:
-            console.print(f"[{cfg.algo}] warning: {narrow_rewards(scale)}")
-    value_model = None
-    if cfg.algo == "ppo":
-        value_model = make_value_model(cfg, policy, tokenizer)
-    prompts = prompt_texts(cfg.prompts, "rl")
-    ptx_blocks = load_ptx_blocks(cfg, tokenizer) if cfg.ptx_coef > 0 else None
-    # The defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts or text.
-    world = {
-        name: flag
-        for name, used, flag in (
-            ("RL prompts", cfg.prompts, "--prompts"),
-            ("ptx text", ptx_blocks and cfg.ptx_data, "--ptx-data"),
-        )
-        if used == WORLD
-    }
-    if world:
-        console.print(
-            f"[{cfg.algo}] {' and '.join(world)}: the embedded world's ({' / '.join(world.values())} FILE for yours)"
-        )
-
-    n_prompts = cfg.batch_size // cfg.rloo_k if cfg.algo == "rloo" else cfg.batch_size
-    episodes = n_prompts * (cfg.rloo_k if cfg.algo == "rloo" else 1)
-    steps_per_iteration = cfg.ppo_epochs * -(-episodes // cfg.mini_batch_size)
-    groups = parameter_groups(policy, cfg.lr, cfg.weight_decay)
-    if value_model is not None:
-        groups += parameter_groups(value_model, cfg.vf_lr, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5)
-    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.iterations * steps_per_iteration)
+    models = build_models(cfg, reward_fn, device)
+    tokenizer, ref_policy = models.tokenizer, models.ref_policy
+    prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
+    policy, value_model, optimizer, scheduler, ema = prepare(cfg, accelerator, models)
     kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
-    if value_model is not None and not cfg.shared_trunk:
-        policy, value_model, optimizer, scheduler = accelerator.prepare(
-            policy, value_model, optimizer, scheduler
-        )
-    else:
-        if value_model is not None and accelerator.num_processes > 1:
-            # its trunk would run outside the DDP-wrapped policy, whose gradients would then not be synchronised
-            raise ValueError(
-                "ppo --shared-trunk runs in one process only; drop it (a separate value model) to launch several"
-            )
-        policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-        value_model = value_model.to(device) if value_model is not None else None
-    accelerator.register_for_checkpointing(kl_ctl)
-    # built from the prepared policy, so that its shadow weights live where the policy's do (the GPU)
-    ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    if cfg.shared_trunk and value_model is not None:
-        accelerator.register_for_checkpointing(value_model)
-
     start, changed = 0, {}
     if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
-        start, changed = state["step"], state["changed"]
+        start, changed, kl_ctl.value = state["step"], state["changed"], state["kl_coef"]
         console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
 
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
@@ -199,22 +111,8 @@ def run(cfg: PPOConfig, reward_fn=None):
             # 1. rollout (the RNG is a function of seed, iteration and process: --resume continues exactly)
             number = it * accelerator.num_processes + accelerator.process_index
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + number)
-            batch_prompts = [prompts[i] for i in batch_indices(len(prompts), n_prompts, number, cfg.seed)]
-            if cfg.algo == "rloo":
-                batch_prompts = batch_prompts * cfg.rloo_k  # (k, P) layout of losses.rloo_advantages
             unwrapped = accelerator.unwrap_model(policy)
-            batch = sample(
-                unwrapped,
-                encode_prompts(tokenizer, batch_prompts, chat=True),
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                cfg.top_p,
-                generator,
-                compiled=cfg.compile_sampler,
-            )
-            texts = decode_responses(tokenizer, batch)
+            batch_prompts, batch, texts = rollout(cfg, unwrapped, tokenizer, prompts, number, generator)
             mask = batch.response_mask.float()  # (B, R)
 
             # 2. score the episodes: one forward each, no grad
@@ -222,7 +120,9 @@ def run(cfg: PPOConfig, reward_fn=None):
                 old_logprobs = response_logprobs(policy, batch, cfg.temperature)  # (B, R)
                 ref_logprobs = reference_logprobs(unwrapped, ref_policy, batch, cfg.temperature)  # (B, R)
                 old_values = values_of(value_model, policy, batch, cfg) if value_model is not None else None
-                scores = score_episodes(reward_model, reward_fn, batch, batch_prompts, texts, cfg)  # (B,)
+                scores = score_episodes(
+                    models.reward_model, models.reward_units, reward_fn, batch, batch_prompts, texts, cfg
+                )  # (B,)
 
             # 3. rewards: −β·KL per token, the RM score at the last token
             kl = zero_masked(kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), mask)  # (B, R)
@@ -233,12 +133,8 @@ def run(cfg: PPOConfig, reward_fn=None):
             if cfg.whiten_rewards:
                 rewards = whiten(rewards, mask, shift_mean=False)
 
-            # 4. advantages
-            if cfg.algo == "ppo":
-                advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            else:  # RLOO: one return per sequence, baseline = mean of the other k−1 samples of the prompt
-                advantages = rloo_advantages(rewards.sum(1), cfg.rloo_k).unsqueeze(1) * mask
-                returns = None
+            # 4. advantages (and the value targets, for PPO)
+            advantages, returns = advantages_and_returns(cfg, rewards, old_values, mask)
             if cfg.whiten_advantages:
                 advantages = whiten(advantages, mask)
 
@@ -260,12 +156,8 @@ def run(cfg: PPOConfig, reward_fn=None):
                             logprobs, old_logprobs[mb, :w], advantages[mb, :w], mb_mask, cfg.cliprange
                         )
                         loss = pg_loss
-                        record(
-                            stats,
-                            pg_loss=pg_loss,
-                            entropy=masked_mean(entropy_from_logits(logits), mb_mask),
-                            **pg_stats,
-                        )
+                        entropy = masked_mean(entropy_from_logits(logits), mb_mask)
+                        record(stats, pg_loss=pg_loss, entropy=entropy, **pg_stats)
                         if value_model is not None:
                             values = values_of(value_model, policy, mb_batch, cfg)
                             v_loss, v_stats = ppo_value_loss(
@@ -274,14 +166,8 @@ def run(cfg: PPOConfig, reward_fn=None):
                             loss = loss + cfg.vf_coef * v_loss
                             record(stats, v_loss=v_loss, **v_stats)
                         if ptx_blocks is not None:
-                            ptx = ptx_batch(
-                                ptx_blocks, cfg, number, epoch, mb, tokenizer.pad_token_id, device
-                            )
-                            ptx_loss = lm_loss(
-                                policy(
-                                    input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]
-                                ).logits.float(),
-                                ptx["labels"],
+                            ptx_loss = ptx_lm_loss(
+                                policy, ptx_blocks, cfg, number, epoch, mb, tokenizer, device
                             )
                             loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
                             record(stats, ptx_loss=ptx_loss)
@@ -312,57 +198,166 @@ def run(cfg: PPOConfig, reward_fn=None):
             }
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 tracker.log(done, metrics, show=("reward", "kl", "clipfrac", "response_length"))
-            if (
-                cfg.sample_every
-                and (done % cfg.sample_every == 0 or done == 1)
-                and accelerator.is_main_process
-            ):
+            if cfg.sample_every and (done % cfg.sample_every == 0 or done == 1) and tracker.enabled:
                 log_samples(out, tracker, done, batch_prompts, texts, scores)
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
                 save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg))
 
-    final = accelerator.unwrap_model(policy)
-    if ema is not None:
-        ema.copy_to(final)
-        # The average starts at the SFT weights: after n steps decay^n of it still is. Its KL to SFT (eval's) is
-        # therefore below the live policy's in metrics.jsonl; --ema-decay 0 saves the live policy instead.
-        n = cfg.iterations * steps_per_iteration
-        console.print(
-            f"[{cfg.algo}] saved the EMA of the policy weights (decay {cfg.ema_decay} over {n} steps: "
-            f"{cfg.ema_decay**n:.0%} of it is still the starting policy)"
-        )
-    if hasattr(final, "merge_and_unload"):
-        final = final.merge_and_unload()
-    if accelerator.is_main_process:
-        save_model(
-            final,
-            tokenizer,
-            out,
-            stage=stage,
-            chat=True,
-            complete=True,
-            iterations=cfg.iterations,
-            ptx_coef=cfg.ptx_coef,
-            kl_coef=kl_ctl.value,
-            algo=cfg.algo,
-            **provenance(cfg, changed),
-        )
-        if value_model is not None and not cfg.shared_trunk:
-            save_model(
-                accelerator.unwrap_model(value_model).model,
-                None,
-                out / "value_model",
-                stage="value",
-                complete=True,
-            )
-        remove_checkpoint(out)
-    accelerator.wait_for_everyone()
-    return final
+    return save_final(cfg, accelerator, policy, value_model, ema, tokenizer, stage, kl_ctl.value, changed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Helpers, in the order the loop uses them.
+# PPO and RLOO: the only places where they differ. The rollout, the KL-shaped reward and the clipped policy loss
+# are the same; PPO's baseline is a learned value model (GAE), RLOO's the other samples of the same prompt.
+
+
+def samples_per_prompt(cfg: PPOConfig) -> int:
+    """RLOO samples each prompt rloo_k times (its leave-one-out baseline needs them); PPO once."""
+    return cfg.rloo_k if cfg.algo == "rloo" else 1
+
+
+def has_value_model(cfg: PPOConfig) -> bool:
+    return cfg.algo == "ppo"
+
+
+def advantages_and_returns(
+    cfg: PPOConfig, rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(advantages, returns), each (B, R): GAE(γ_rl, λ) on the value model's values for PPO; for RLOO one return
+    per sequence, less the mean of the other k−1 samples of its prompt, on every token (and no value targets)."""
+    if cfg.algo == "ppo":
+        return gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    return rloo_advantages(rewards.sum(1), cfg.rloo_k).unsqueeze(1) * mask, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Setup: the settings only PPO has, the four models, the data, the optimizer.
+
+
+def check_settings(cfg: PPOConfig) -> None:
+    """What `config.LIMITS` cannot say about PPO's settings, since it takes them one at a time."""
+    if cfg.algo == "rloo" and cfg.batch_size % cfg.rloo_k:
+        raise ValueError(
+            f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
+            "each prompt is sampled rloo_k times"
+        )
+    if cfg.grad_accum != 1:
+        raise ValueError(
+            f"ppo --grad-accum {cfg.grad_accum}: PPO takes one optimizer step per minibatch; "
+            "set --mini-batch-size (episodes per step) instead"
+        )
+    if cfg.temperature <= 0:
+        raise ValueError(
+            f"ppo --temperature {cfg.temperature}: PPO needs the sampling distribution's log-probabilities; use > 0"
+        )
+    if cfg.lora_r > 0 and cfg.ref_policy:
+        raise ValueError(
+            f"ppo --lora-r {cfg.lora_r} --ref-policy {cfg.ref_policy}: with LoRA the reference is the policy with "
+            "its adapters off (no second model is loaded); leave out --ref-policy, or train without --lora-r"
+        )
+
+
+@dataclass
+class Models:
+    """The policy (trained), its reference π_SFT (frozen; None with LoRA: the policy with its adapters off), the
+    reward model (frozen; None given a reward_fn) in PPO's units, and the value model (trained; None for RLOO)."""
+
+    tokenizer: object
+    policy: nn.Module
+    ref_policy: nn.Module | None
+    reward_model: nn.Module | None
+    reward_units: tuple[float, float]  # (shift, scale): the RM's raw score r → (r + shift) / scale
+    value_model: nn.Module | None
+
+
+def build_models(cfg: PPOConfig, reward_fn, device) -> Models:
+    tokenizer = load_tokenizer(cfg.policy)
+    policy = load_causal_lm(cfg.policy)
+    check_vocab(policy, tokenizer, f"ppo --policy {cfg.policy}")
+    policy.eval()  # dropout off during RL: sampling and training see the same network
+    ref_policy = None
+    if cfg.lora_r > 0:
+        policy = get_peft_model(
+            policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
+        )
+        policy.eval()  # get_peft_model returns a model in train mode
+    else:
+        ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval().requires_grad_(False).to(device)
+        check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
+    reward_model, units = None, (0.0, 1.0)
+    if reward_fn is None:
+        reward_model = (
+            load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True)
+            .eval()
+            .requires_grad_(False)
+            .to(device)
+        )
+        check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}", cfg.reward_model)
+        units = reward_units(reward_model.config, cfg)  # scale 1 without --scale-rewards
+        if units[1] < NARROW_REWARD_STD:
+            console.print(f"[{cfg.algo}] warning: {narrow_rewards(units[1])}")
+    value_model = make_value_model(cfg, policy, tokenizer) if has_value_model(cfg) else None
+    return Models(tokenizer, policy, ref_policy, reward_model, units, value_model)
+
+
+def load_data(cfg: PPOConfig, tokenizer) -> tuple[list, list | None]:
+    """The RL prompts, and the pretraining text of the ptx term in blocks of max_len tokens (None for plain PPO)."""
+    prompts = prompt_texts(cfg.prompts, "rl")
+    ptx_blocks = None
+    if cfg.ptx_coef > 0:
+        ptx_blocks = pack(
+            pretrain_texts(cfg.ptx_data), tokenizer, cfg.max_len, f"ppo --ptx-data {cfg.ptx_data}"
+        )
+    # The defaults suit the pipeline; say so, lest a user's model train on the world's Chinese prompts or text.
+    world = {
+        name: flag
+        for name, used, flag in (
+            ("RL prompts", cfg.prompts, "--prompts"),
+            ("ptx text", ptx_blocks and cfg.ptx_data, "--ptx-data"),
+        )
+        if used == WORLD
+    }
+    if world:
+        console.print(
+            f"[{cfg.algo}] {' and '.join(world)}: the embedded world's ({' / '.join(world.values())} FILE for yours)"
+        )
+    return prompts, ptx_blocks
+
+
+def steps_per_iteration(cfg: PPOConfig) -> int:
+    """Optimizer steps per rollout: ppo_epochs passes over its batch_size episodes in minibatches."""
+    return cfg.ppo_epochs * -(-cfg.batch_size // cfg.mini_batch_size)
+
+
+def prepare(cfg: PPOConfig, accelerator, models: Models):
+    """(policy, value_model, optimizer, scheduler, ema), the trained ones placed and wrapped by accelerate."""
+    policy, value_model = models.policy, models.value_model
+    groups = parameter_groups(policy, cfg.lr, cfg.weight_decay)
+    if value_model is not None:
+        groups += parameter_groups(value_model, cfg.vf_lr, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-5)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.iterations * steps_per_iteration(cfg))
+    if value_model is not None and not cfg.shared_trunk:
+        policy, value_model, optimizer, scheduler = accelerator.prepare(
+            policy, value_model, optimizer, scheduler
+        )
+    else:
+        if value_model is not None and accelerator.num_processes > 1:
+            # its trunk would run outside the DDP-wrapped policy, whose gradients would then not be synchronised
+            raise ValueError(
+                "ppo --shared-trunk runs in one process only; drop it (a separate value model) to launch several"
+            )
+        policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+        value_model = value_model.to(accelerator.device) if value_model is not None else None
+    # β goes into the checkpoint's trainer_state.json (`save_checkpoint`'s extra); the tensors through accelerate.
+    # The EMA is built from the prepared policy, so that its shadow weights live where the policy's do (the GPU).
+    ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if cfg.shared_trunk and value_model is not None:
+        accelerator.register_for_checkpointing(value_model)
+    return policy, value_model, optimizer, scheduler, ema
 
 
 def make_value_model(cfg: PPOConfig, policy, tokenizer):
@@ -408,9 +403,29 @@ def reward_units(config, cfg: PPOConfig) -> tuple[float, float]:
     return shift, scale
 
 
-def load_ptx_blocks(cfg: PPOConfig, tokenizer):
-    """The pretraining text of the ptx term in blocks of max_len tokens (the world's: its default corpus)."""
-    return pack(pretrain_texts(cfg.ptx_data), tokenizer, cfg.max_len, f"ppo --ptx-data {cfg.ptx_data}")
+# ---------------------------------------------------------------------------------------------------------------
+# The loop's steps, in the order it takes them.
+
+
+def rollout(cfg: PPOConfig, policy, tokenizer, prompts, number: int, generator):
+    """(prompts, SampleBatch, response texts) of rollout `number`: batch_size episodes, samples_per_prompt of each
+    prompt, laid out (k, P) as `losses.rloo_advantages` reads them."""
+    k = samples_per_prompt(cfg)
+    batch_prompts = [
+        prompts[i] for i in batch_indices(len(prompts), cfg.batch_size // k, number, cfg.seed)
+    ] * k
+    batch = sample(
+        policy,
+        encode_prompts(tokenizer, batch_prompts, chat=True),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_p,
+        generator,
+        compiled=cfg.compile_sampler,
+    )
+    return batch_prompts, batch, decode_responses(tokenizer, batch)
 
 
 def reference_logprobs(policy, ref_policy, batch: SampleBatch, temperature: float) -> torch.Tensor:
@@ -436,13 +451,13 @@ def values_of(value_model, policy, batch: SampleBatch, cfg: PPOConfig) -> torch.
 
 
 def score_episodes(
-    reward_model, reward_fn, batch: SampleBatch, prompts, texts, cfg: PPOConfig
+    reward_model, units: tuple[float, float], reward_fn, batch: SampleBatch, prompts, texts, cfg: PPOConfig
 ) -> torch.Tensor:
     """RM score of prompt+answer (shifted to demonstration mean 0, optionally divided by its std), EOS penalty."""
     if reward_fn is not None:
         scores = torch.as_tensor(reward_fn(prompts, texts, batch.ended.tolist()), dtype=torch.float32)
     else:
-        shift, scale = reward_units(reward_model.config, cfg)
+        shift, scale = units
         raw = last_token_scores(reward_model, batch.sequences, batch.attention_mask).float()
         scores = (raw + shift) / scale
     return scores.to(batch.sequences.device) - cfg.missing_eos_penalty * (~batch.ended).float()
@@ -461,14 +476,60 @@ def minibatch(batch: SampleBatch, index: torch.Tensor) -> SampleBatch:
     )
 
 
-def ptx_batch(blocks, cfg: PPOConfig, rollout: int, epoch: int, mb: torch.Tensor, pad_id: int, device):
-    """Pretraining blocks for one minibatch: a function of (rollout number, epoch, minibatch), so each process and
-    each step reads different text and --resume reads the same."""
+def ptx_lm_loss(
+    policy, blocks, cfg: PPOConfig, rollout: int, epoch: int, mb: torch.Tensor, tokenizer, device
+):
+    """The LM loss of the policy on the pretraining blocks of one minibatch, chosen as a function of (rollout
+    number, epoch, minibatch), so each process and each step reads different text and --resume reads the same."""
     number = (rollout * cfg.ppo_epochs + epoch) * 1000 + int(mb[0])
-    batch = collate(
-        [blocks[i] for i in batch_indices(len(blocks), cfg.ptx_batch_size, number, cfg.seed + 1)], pad_id
-    )
-    return {k: v.to(device) for k, v in batch.items()}
+    index = batch_indices(len(blocks), cfg.ptx_batch_size, number, cfg.seed + 1)
+    ptx = {k: v.to(device) for k, v in collate([blocks[i] for i in index], tokenizer.pad_token_id).items()}
+    logits = policy(input_ids=ptx["input_ids"], attention_mask=ptx["attention_mask"]).logits
+    return lm_loss(logits.float(), ptx["labels"])
+
+
+def save_final(
+    cfg: PPOConfig, accelerator, policy, value_model, ema, tokenizer, stage: str, kl_coef: float, changed
+):
+    """Save the policy (its EMA where there is one; LoRA merged) and the value model; the policy is returned."""
+    final = accelerator.unwrap_model(policy)
+    if ema is not None:
+        ema.copy_to(final)
+        # The average starts at the SFT weights: after n steps decay^n of it still is. Its KL to SFT (eval's) is
+        # therefore below the live policy's in metrics.jsonl; --ema-decay 0 saves the live policy instead.
+        n = cfg.iterations * steps_per_iteration(cfg)
+        console.print(
+            f"[{cfg.algo}] saved the EMA of the policy weights (decay {cfg.ema_decay} over {n} steps: "
+            f"{cfg.ema_decay**n:.0%} of it is still the starting policy)"
+        )
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()
+    out = Path(cfg.out)
+    if accelerator.is_main_process:
+        save_model(
+            final,
+            tokenizer,
+            out,
+            stage=stage,
+            chat=True,
+            complete=True,
+            iterations=cfg.iterations,
+            ptx_coef=cfg.ptx_coef,
+            kl_coef=kl_coef,
+            algo=cfg.algo,
+            **provenance(cfg, changed),
+        )
+        if value_model is not None and not cfg.shared_trunk:
+            save_model(
+                accelerator.unwrap_model(value_model).model,
+                None,
+                out / "value_model",
+                stage="value",
+                complete=True,
+            )
+        remove_checkpoint(out)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def optimizer_params(optimizer):
