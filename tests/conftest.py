@@ -106,11 +106,13 @@ def tiny_comparisons(tiny_sft, tmp_path_factory) -> Path:
     from rlhfkit.stages import label
 
     out = tmp_path_factory.mktemp("label") / "comparisons.jsonl"
-    label.run(LabelConfig(out=str(out), model=str(tiny_sft), k=3, max_new_tokens=8))
+    label.run(LabelConfig(out=str(out), model=str(tiny_sft), k=3, rounds=1, max_new_tokens=8))
     return out
 
 
-TINY_REWARD = dict(epochs=2.0, batch_size=16, lr=2e-3, max_len=160, log_every=1, save_every=0)
+TINY_REWARD = dict(
+    epochs=2.0, batch_size=16, lr=2e-3, warmup_steps=20, max_len=160, eval_every=25, log_every=1, save_every=0
+)
 
 
 @pytest.fixture(scope="session")

@@ -144,7 +144,8 @@ def test_yaml_config_runs_a_real_stage(tiny_sft, tmp_path):
     out = tmp_path / "ranked.jsonl"
     path = tmp_path / "label.yaml"
     path.write_text(
-        f"k: 2\nmax_new_tokens: 4\nprompts: {prompts}\nmodel: {tiny_sft}\nout: {out}\n", encoding="utf-8"
+        f"k: 2\nrounds: 1\nmax_new_tokens: 4\nprompts: {prompts}\nmodel: {tiny_sft}\nout: {out}\n",
+        encoding="utf-8",
     )
     assert main(["label", "--config", str(path), "--k", "3"]) == 0
     rows = read_jsonl(out)

@@ -167,9 +167,11 @@ class LabelConfig(Settings):
     out: str = arg("runs/comparisons.jsonl", "output JSONL of {prompt, responses, ranking, ended}")
     model: str = arg("runs/sft", "the model whose answers are ranked (the SFT policy)")
     prompts: str = arg("world", "RM prompts: a {'prompt'} JSONL file, or 'world' (the world's RM split)")
-    k: int = arg(4, "responses per prompt to rank (InstructGPT: 4 to 9)")
+    k: int = arg(8, "responses per prompt to rank (InstructGPT: 4 to 9)")
+    # Four rounds of rankings seen once (InstructGPT trains its RM for one epoch) beat two rounds seen twice at the
+    # same RM cost (benchmarks/README.md: rm_data_scaling.py).
     rounds: int = arg(
-        1, "rankings per prompt, each of K fresh samples by the next labeler (more comparison data)"
+        4, "rankings per prompt, each of K fresh samples by the next labeler (more comparison data)"
     )
     n_labelers: int = arg(5, "simulated labelers; each prompt is ranked by one of them, in turn")
     label_noise: float = arg(0.1, "probability that a labeler swaps two adjacent responses in a ranking")
@@ -190,7 +192,7 @@ class RewardConfig(TrainArgs):
     out: str = arg("runs/reward", "output directory")
     model: str = arg("runs/sft", "initialise from this model (the SFT model, as InstructGPT)")
     data: str = arg(
-        "world", "K-wise or pairwise preference JSONL/dataset; 'world' = run `rlhfkit label` first"
+        "runs/comparisons.jsonl", "K-wise or pairwise preference JSONL/dataset (`rlhfkit label` writes one)"
     )
     demonstrations: str = arg(
         "world", "SFT demonstrations used to centre the reward at mean 0 ('world', a file, or '')"
@@ -198,17 +200,18 @@ class RewardConfig(TrainArgs):
     kwise: bool = arg(
         True, "all pairs of a prompt in one batch element (InstructGPT); False = shuffled independent pairs"
     )
-    epochs: float = arg(3.0, "passes over the comparisons")
+    epochs: float = arg(1.0, "passes over the comparisons (InstructGPT: one)")
     max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
     batch_size: int = arg(8, "prompts (K-wise) or pairs (pairwise) per step")
-    lr: float = arg(5e-4, "peak learning rate")
+    lr: float = arg(1e-3, "peak learning rate")
+    warmup_steps: int = arg(5, "linear warm-up steps before cosine decay")
     margin: float = arg(0.0, "margin per rank step subtracted from r_w - r_l (TRL name)")
     center_rewards_coefficient: float = arg(
         0.0, "weight of the mean(r²) term that keeps rewards centred (TRL name)"
     )
     val_fraction: float = arg(0.1, "prompts held out to measure accuracy and over-fitting")
     max_len: int = arg(160, "maximum tokens of prompt + response")
-    eval_every: int = arg(25, "measure validation accuracy every N steps")
+    eval_every: int = arg(24, "measure validation accuracy every N steps")
 
 
 @dataclass
@@ -228,14 +231,18 @@ class PPOConfig(TrainArgs):
     ptx_batch_size: int = arg(8, "pretraining blocks per PPO minibatch")
     algo: str = arg("ppo", "ppo | rloo (critic-free, k samples per prompt, leave-one-out baseline)")
     rloo_k: int = arg(4, "RLOO: samples per prompt")
-    iterations: int = arg(40, "rollout → update iterations")
+    # 30 iterations: 60 over-optimise, 15 suit PPO but cost PPO-ptx 0.01-0.04 (benchmarks/README.md: ppo_sweep.py,
+    # pipeline_time_ppo15.json).
+    iterations: int = arg(30, "rollout → update iterations")
     batch_size: int = arg(64, "prompts per rollout")
     mini_batch_size: int = arg(16, "episodes per PPO minibatch")
     ppo_epochs: int = arg(2, "passes over each rollout")
     lr: float = arg(1e-4, "policy learning rate")
     vf_lr: float = arg(3e-4, "value model learning rate")
     warmup_steps: int = arg(0, "LR warm-up (optimizer steps)")
-    kl_coef: float = arg(0.05, "β: per-token KL penalty against the reference policy")
+    # β = 0.2 keeps the default run's PPO within 1-1.5 nats of SFT, where its reward model's judgement still holds;
+    # at TRL's 0.05 it ran 5-7 nats away and lost to SFT (benchmarks/README.md: overoptimization.py, ppo_sweep.py).
+    kl_coef: float = arg(0.2, "β: per-token KL penalty against the reference policy")
     kl_estimator: str = arg("k1", "k1 | k3 (Schulman's unbiased, always ≥ 0) | k2 | abs")
     adaptive_kl: bool = arg(False, "adapt β towards target_kl (Ziegler et al. 2019)")
     target_kl: float = arg(4.0, "adaptive KL: target KL per episode (nats)")
@@ -278,7 +285,7 @@ class DPOConfig(TrainArgs):
     beta: float = arg(0.1, "β: strength of the implicit KL constraint")
     loss_type: str = arg("sigmoid", "sigmoid (DPO) | ipo | robust")
     label_smoothing: float = arg(0.0, "assumed label-noise rate (cDPO / robust DPO)")
-    epochs: float = arg(2.0, "passes over the rankings")
+    epochs: float = arg(1.0, "passes over the rankings")
     max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
     batch_size: int = arg(8, "rankings per step, each with all its pairs (a pairwise row is one ranking)")
     lr: float = arg(1e-4, "peak learning rate")
@@ -301,7 +308,8 @@ class EvalConfig(Settings):
         "world", "eval prompts: {'prompt'} JSONL/dataset, or 'world' (the held-out eval split)"
     )
     judge: str | None = arg(None, "reward model that judges when prompts are not from the embedded world")
-    samples_per_prompt: int = arg(2, "answers per prompt and model (more = tighter intervals)")
+    # Four answers per prompt narrow the win-rate intervals by a fifth against two (benchmarks/README.md).
+    samples_per_prompt: int = arg(4, "answers per prompt and model (more = tighter intervals)")
     temperature: float = arg(0.7, "sampling temperature of the answers")
     top_p: float = arg(0.9, "nucleus sampling mass")
     max_new_tokens: int = arg(64, "maximum answer length")
@@ -327,14 +335,6 @@ class ScoreArgs(Settings):
     reward_model: str = arg("runs/reward", "reward model directory")
     prompt: str = arg(None, "the prompt")
     response: list[str] = arg(None, "one or more responses to score")
-
-
-STAGE_CONFIGS: dict[str, type] = {
-    "pretrain": PretrainConfig,
-    "sft": SFTConfig,
-    "label": LabelConfig,
-    "reward": RewardConfig,
-}
 
 
 METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")  # what `rlhfkit pipeline --methods` can run

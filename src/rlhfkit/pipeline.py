@@ -36,9 +36,12 @@ from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
 from rlhfkit.training import is_finished
 from rlhfkit.world import export_world
 
-# Sizes per preset; anything here can be overridden from a YAML file (section per step).
+# What each preset changes from the config dataclasses' defaults, which are the default run's (measured: see the
+# comments there). Anything here can be overridden from a YAML file (a section per step).
 PRESETS: dict[str, dict[str, dict]] = {
-    "tiny": {  # the test/CI size: every step runs, nothing is learned well (about a minute)
+    # The test/CI size: every step runs, nothing is learned well (about a minute). It keeps the smaller data and
+    # the milder settings it was measured with (one round of K=4 rankings, β = 0.05 over 3 iterations).
+    "tiny": {
         "pretrain": {
             "world_docs": 800,
             "max_steps": 40,
@@ -51,34 +54,24 @@ PRESETS: dict[str, dict[str, dict]] = {
             "save_every": 20,
         },
         "sft": {"epochs": 1.0, "batch_size": 16},
-        "label": {"k": 4, "max_new_tokens": 24},
-        "reward": {"epochs": 0.5, "batch_size": 8, "eval_every": 10},
+        "label": {"k": 4, "rounds": 1, "max_new_tokens": 24},
+        "reward": {"epochs": 0.5, "lr": 5e-4, "warmup_steps": 20, "eval_every": 10},
         "ppo": {
             "iterations": 3,
             "batch_size": 16,
             "mini_batch_size": 8,
             "max_new_tokens": 24,
+            "kl_coef": 0.05,
             "save_every": 2,
             "ema_decay": 0.0,  # 12 steps: an average at 0.992 would still be 91% the SFT model
         },
-        "ppo_ptx": {"ptx_coef": 1.0},
-        "eval": {"samples_per_prompt": 1, "max_new_tokens": 24},
+        "dpo": {"epochs": 2.0},
+        "eval": {"samples_per_prompt": 1, "max_new_tokens": 24, "best_of_n": [4, 16]},
     },
-    "default": {  # the README's run: a 1.2M-parameter Llama on a 2-core CPU
-        "pretrain": {"max_steps": 600},
-        "sft": {"epochs": 8.0},
-        # Four rounds of rankings seen once (InstructGPT trains its RM for one epoch) beat two rounds seen twice
-        # at the same RM cost; β = 0.2 keeps PPO within 1-1.5 nats of SFT, where this RM's judgement still holds;
-        # 30 PPO iterations: 60 over-optimise, 15 suit PPO but cost PPO-ptx 0.01-0.04 (benchmarks/README.md:
-        # rm_data_scaling.py, ppo_sweep.py, pipeline_time_ppo15.json). DPO takes one pass over the doubled data.
-        "label": {"k": 8, "rounds": 4},
-        "reward": {"epochs": 1.0, "lr": 1e-3, "warmup_steps": 5, "eval_every": 24},
-        "ppo": {"iterations": 30, "kl_coef": 0.2},
-        "ppo_ptx": {"ptx_coef": 1.0},
-        "dpo": {"epochs": 1.0},
-        # Four answers per prompt narrow the win-rate intervals by a fifth; best-of-16 (16 samples per answer, most
-        # of the eval's time) is left to `benchmarks/overoptimization.py` and YAML (eval: {best_of_n: [4, 16]}).
-        "eval": {"samples_per_prompt": 4, "best_of_n": [4]},
+    "default": {  # the README's run: a 1.2M-parameter Llama on a 2-core CPU, with the dataclasses' settings
+        # and best-of-4 (best-of-16, 16 samples per answer and most of the eval's time, is left to
+        # `benchmarks/overoptimization.py` and YAML: eval: {best_of_n: [4, 16]}; `rlhfkit eval` alone has no RM)
+        "eval": {"best_of_n": [4]},
     },
     "large": {  # more parameters and data: meant for a GPU
         "pretrain": {
@@ -94,21 +87,13 @@ PRESETS: dict[str, dict[str, dict]] = {
             "lr": 1e-3,
         },
         "sft": {"epochs": 6.0, "lr": 3e-4},
-        "label": {"k": 8, "rounds": 4},
-        "reward": {"epochs": 1.0, "lr": 3e-4, "warmup_steps": 5, "eval_every": 24},
-        "ppo": {
-            "iterations": 200,
-            "batch_size": 128,
-            "mini_batch_size": 32,
-            "lr": 2e-5,
-            "vf_lr": 1e-4,
-            "kl_coef": 0.2,
-        },
-        "ppo_ptx": {"ptx_coef": 1.0},
-        "dpo": {"epochs": 1.0, "lr": 5e-5},
-        "eval": {"samples_per_prompt": 4},
+        "reward": {"lr": 3e-4},
+        "ppo": {"iterations": 200, "batch_size": 128, "mini_batch_size": 32, "lr": 2e-5, "vf_lr": 1e-4},
+        "dpo": {"lr": 5e-5},
+        "eval": {"best_of_n": [4, 16]},
     },
 }
+PTX_COEF = 1.0  # the pipeline's PPO-ptx: PPO's settings plus the pretraining LM loss at γ = 1
 STEP_CONFIGS = {
     "pretrain": C.PretrainConfig,
     "sft": C.SFTConfig,
@@ -143,7 +128,12 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
     # The PPO section is Step3's: PPO-ptx and RLOO inherit it (preset and YAML alike) unless their own section
     # sets the value, so that a changed β or iteration count keeps the three methods comparable.
     ppo = settings["ppo"]
-    settings["ppo_ptx"] = {**ppo, **preset["ppo_ptx"], **overrides.get("ppo_ptx", {})}
+    settings["ppo_ptx"] = {
+        **ppo,
+        "ptx_coef": PTX_COEF,
+        **preset.get("ppo_ptx", {}),
+        **overrides.get("ppo_ptx", {}),
+    }
     settings["rloo"] = {**ppo, "algo": "rloo", **preset.get("rloo", {}), **overrides.get("rloo", {})}
     for step, values in overrides.items():
         for key in RUN_WIDE & set(values):
@@ -182,7 +172,6 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
             "curves": [f"reward={out / 'reward'}"],
             "reward_model": out / "reward",
             "heldout_text": out / "data" / "pretrain_heldout.jsonl",  # avoids this run's own corpus
-            "best_of_n": [4, 16],
             "models": [
                 f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods) if name != "best_of_n"
             ],

@@ -1,8 +1,8 @@
 """Write the embedded world's data as JSONL files in the formats every stage reads."""
 
-import json
 from pathlib import Path
 
+from rlhfkit.data import write_jsonl
 from rlhfkit.world.corpus import DEFAULT_DOCS, heldout_corpus, pretrain_corpus
 from rlhfkit.world.tasks import SEED_PROMPTS, Task, demonstrations, parse_prompt, split_prompts
 
@@ -24,19 +24,8 @@ def export_world(out_dir: str | Path, seed: int = 0, n_docs: int = DEFAULT_DOCS)
         "eval_prompts.jsonl": _prompt_rows(splits["eval"]),
         "seed_prompts.jsonl": _prompt_rows(seed_tasks),
     }
-    for name, rows in files.items():
-        _write_jsonl(out / name, rows)
-    return {name: len(rows) for name, rows in files.items()}
+    return {name: write_jsonl(out / name, rows) for name, rows in files.items()}
 
 
 def _prompt_rows(tasks: list[Task]) -> list[dict]:
     return [{"prompt": t.prompt, "family": t.family, "subject": t.subject} for t in tasks]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    # Write to a temporary name first, so a killed export never leaves a half-written file behind.
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
