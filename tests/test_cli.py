@@ -80,8 +80,10 @@ def test_pretrain_help_shows_defaults(capsys):
 
 
 @pytest.fixture
-def captured_config(monkeypatch):
-    """Replace the pretrain stage with a recorder of the config the CLI built."""
+def captured_config(monkeypatch, tmp_path):
+    """Replace the pretrain stage with a recorder of the config the CLI built (run in tmp_path: the CLI takes
+    the lock on --out, which creates the directory)."""
+    monkeypatch.chdir(tmp_path)
     seen = []
     monkeypatch.setattr(rlhfkit.stages.pretrain, "run", seen.append)
     return seen
@@ -244,7 +246,9 @@ def test_an_optional_yes_no_flag_takes_no_value(capsys):
     assert "unrecognized arguments: maybe" in capsys.readouterr().err
 
 
-def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
+def test_ctrl_c_says_how_to_continue(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+
     def interrupted(cfg):
         raise KeyboardInterrupt
 

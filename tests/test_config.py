@@ -24,8 +24,10 @@ from rlhfkit.config import (
 
 
 @pytest.fixture
-def captured_config(monkeypatch):
-    """Replace the pretrain stage with a recorder of the config the CLI built."""
+def captured_config(monkeypatch, tmp_path):
+    """Replace the pretrain stage with a recorder of the config the CLI built (run in tmp_path: the CLI takes
+    the lock on --out, which creates the directory)."""
+    monkeypatch.chdir(tmp_path)
     seen = []
     monkeypatch.setattr(rlhfkit.stages.pretrain, "run", seen.append)
     return seen

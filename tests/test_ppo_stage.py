@@ -209,7 +209,7 @@ def nan_run(tiny_sft, tmp_path_factory):
 
 def test_nan_reward_stops_with_a_training_error(nan_run):
     out, message = nan_run
-    assert re.search(r"step \d+: \w+ = nan", message), message
+    assert re.search(r"iteration \d+: reward \(reward model\) = nan", message), message
     assert "--resume" in message
     # The iteration with NaN rewards was neither logged nor saved; the checkpoint from iteration 2 survives.
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
@@ -233,7 +233,7 @@ def test_nan_run_resumes_from_its_last_checkpoint(nan_run, tiny_sft, capsys):
 def test_nan_error_names_the_iteration_and_the_reward(tiny_sft, tmp_path):
     with pytest.raises(TrainingError) as error:
         ppo.run(toy_config(tmp_path / "run", tiny_sft, iterations=3, save_every=2), NaNAt(3))
-    assert re.match(r"step 3: reward = nan", str(error.value)), str(error.value)
+    assert re.match(r"iteration 3: reward \(reward model\) = nan", str(error.value)), str(error.value)
 
 
 # --- the real reward model ------------------------------------------------------------------------------------
@@ -276,7 +276,10 @@ def test_value_head_on_the_policy_trunk_trains(lora_r, tiny_sft, tmp_path):
 
 def test_rloo_batch_must_hold_whole_groups_of_samples(tiny_sft, tmp_path):
     with pytest.raises(ValueError, match="--batch-size 6 must be a multiple of --rloo-k 4"):
-        ppo.run(toy_config(tmp_path / "rloo", tiny_sft, algo="rloo", batch_size=6, rloo_k=4), toy_reward)
+        config = toy_config(
+            tmp_path / "rloo", tiny_sft, algo="rloo", batch_size=6, mini_batch_size=6, rloo_k=4
+        )
+        ppo.run(config, toy_reward)
 
 
 def test_conversation_prompts_reach_the_policy_whole(tiny_sft, tmp_path):

@@ -288,7 +288,9 @@ def test_label_refuses_prompts_its_labelers_cannot_judge(tiny_sft, tmp_path):
         json.dumps({"prompt": "请问北京有什么好玩的景点？"}) + "\n" + json.dumps({"prompt": "Hi!"}) + "\n"
     )
     cfg = LabelConfig(out=str(tmp_path / "c.jsonl"), model=str(tiny_sft), prompts=str(prompts))
-    with pytest.raises(ValueError, match=r"prompt 2 \('Hi!'\) and 0 more are not the embedded world's"):
+    with pytest.raises(
+        ValueError, match=r"1 of 2 prompts \(the first: prompt 2, 'Hi!'\) are not the embedded world's"
+    ):
         label.run(cfg)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from rlhfkit.console import console
 from rlhfkit.data import Ranked
+from rlhfkit.errors import UsageError
 from rlhfkit.modeling import last_token_scores
 from rlhfkit.tokenizer import format_prompt
 
@@ -70,7 +71,7 @@ def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
     """A prompt given as a conversation needs the tokenizer's chat template: say so before any training step."""
     rows = [n for n, item in enumerate(items, 1) if item.prompt_messages]
     if rows and not tokenizer.chat_template:
-        raise ValueError(
+        raise UsageError(
             f"{where}: {len(rows)} rows give the prompt as a conversation (the first is ranking {rows[0]}), but "
             f"the tokenizer of {tokenizer.name_or_path} has no chat template; give plain-text prompts, or add a "
             "chat_template to the tokenizer"
@@ -145,8 +146,8 @@ def pack(
     n = len(stream) // block
     if n == 0:
         if whole_if_short:  # 0 or 1 token: nothing to predict
-            raise ValueError(f"{source}: {len(stream)} tokens, too few to measure on; give more text")
-        raise ValueError(
+            raise UsageError(f"{source}: {len(stream)} tokens, too few to measure on; give more text")
+        raise UsageError(
             f"{source}: {len(stream)} tokens, fewer than one block of {block} (--max-len); "
             "give more text or a smaller --max-len"
         )

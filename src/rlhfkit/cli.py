@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlhfkit import config as C
+from rlhfkit.errors import UsageError
 
 # command -> (config dataclass, "module:function" that runs it, one-line description)
 STAGES: dict[str, tuple[type, str, str]] = {
@@ -108,40 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pretraining documents (default 20000; held-out text avoids them)",
     )
+    debug_help = "print the traceback of an error (also RLHFKIT_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in (*sub.choices.values(), export):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("RLHFKIT_DEBUG", "") not in ("", "0")
     from rlhfkit.training import quiet_libraries
 
     quiet_libraries()
-
     try:
-        if args.command in STAGES:
-            cls, target, _ = STAGES[args.command]
-            cfg = C.from_args(cls, args)
-            _load_function(target)(cfg)
-        elif args.command == "generate":
-            _generate(C.from_args(GenerateArgs, args))
-        elif args.command == "chat":
-            _chat(C.from_args(ChatArgs, args))
-        elif args.command == "pipeline":
-            from rlhfkit import pipeline
-
-            pipeline.run(*pipeline.from_namespace(args))
-        elif args.command == "score":
-            _score(C.from_args(C.ScoreArgs, args))
-        elif args.command == "world":
-            from rlhfkit.world import export_world
-
-            if args.seed != 0:
-                print(
-                    f"warning: --seed {args.seed} draws other prompt splits than the seed-0 ones that `eval "
-                    "--prompts world` and the pipeline use: some of these SFT/RM/RL prompts are in that eval "
-                    "split, so do not evaluate models trained on this export with `--prompts world`",
-                    file=sys.stderr,
-                )
-            docs = {} if args.docs is None else {"n_docs": args.docs}
-            counts = export_world(args.out, seed=args.seed, **docs)
-            for name, n in counts.items():
-                print(f"{args.out}/{name}: {n} rows")
+        _dispatch(args, argv)
     except KeyboardInterrupt:
         from rlhfkit.console import console
 
@@ -150,15 +132,101 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted — checkpoints already written are kept; run the same command with --resume to continue"
         )
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Errors the user can cause are raised with a message that says what and where; no deep traceback.
-        from rlhfkit.console import console
-
-        console.quiet = False  # every process reports its own error
-        console.print("error:", style="bold red", end=" ")
-        console.print(str(err), soft_wrap=True)  # one line, whatever the width: a log can be grepped for it
-        return 2
+    except Exception as err:
+        if debug:
+            raise
+        return _report(err)
     return 0
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Run the command, holding the lock on the directory it writes (one writer per --out at a time)."""
+    from rlhfkit.rundir import locked
+
+    command = "rlhfkit " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.command in STAGES:
+        cls, target, _ = STAGES[args.command]
+        cfg = C.from_args(cls, args)
+        file, replaced = args.command == "label", args.command not in ("label", "eval")
+        with _lock(locked, cfg.out, command, is_file=file, replaced=replaced):
+            _load_function(target)(cfg)
+    elif args.command == "generate":
+        _generate(C.from_args(GenerateArgs, args))
+    elif args.command == "chat":
+        _chat(C.from_args(ChatArgs, args))
+    elif args.command == "pipeline":
+        from rlhfkit import pipeline
+
+        cfg, sections = pipeline.from_namespace(args)
+        with _lock(locked, None if cfg.print_config else cfg.out, command):
+            pipeline.run(cfg, sections)
+    elif args.command == "score":
+        _score(C.from_args(C.ScoreArgs, args))
+    elif args.command == "world":
+        from rlhfkit.world import export_world
+
+        if args.seed != 0:
+            print(
+                f"warning: --seed {args.seed} draws other prompt splits than the seed-0 ones that `eval "
+                "--prompts world` and the pipeline use: some of these SFT/RM/RL prompts are in that eval "
+                "split, so do not evaluate models trained on this export with `--prompts world`",
+                file=sys.stderr,
+            )
+        docs = {} if args.docs is None else {"n_docs": args.docs}
+        with _lock(locked, args.out, command):
+            counts = export_world(args.out, seed=args.seed, **docs)
+        for name, n in counts.items():
+            print(f"{args.out}/{name}: {n} rows")
+
+
+def _lock(locked, out: str | None, command: str, **kind):
+    """The lock on `out`, taken by the first process only: under torchrun / accelerate launch every process runs
+    this command on the same --out."""
+    if out is None or int(os.environ.get("RANK", "0")) > 0:
+        return contextlib.nullcontext()
+    return locked(out, command, **kind)
+
+
+def _report(err: Exception) -> int:
+    """One line for an error: exit 2 for the user's input, 1 for a failed run (with where a library raised it)."""
+    from rlhfkit.console import console
+    from rlhfkit.errors import RunError, UsageError
+
+    console.quiet = False  # every process reports its own error
+    console.print("error:", style="bold red", end=" ")
+    if isinstance(err, (UsageError, RunError)):
+        message = str(err)
+    else:  # a bug or a library's failure: what, and where, so it can be reported; --debug has the traceback
+        message = f"the run failed: {type(err).__name__}: {_first_line(err)} ({_where(err)}); --debug shows the traceback"
+    console.print(message, soft_wrap=True)  # one line, whatever the width: a log can be grepped for it
+    return 2 if isinstance(err, UsageError) else 1
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip() if lines else "(no message)"
+
+
+def _where(err: Exception) -> str:
+    """The frame that raised `err`, and the last of rlhfkit's own frames on the way there."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "no traceback"
+    raised = frames[-1]
+    where = f"raised at {_short(raised.filename)}:{raised.lineno} in {raised.name}"
+    ours = [f for f in frames if f"{os.sep}rlhfkit{os.sep}" in f.filename]
+    if ours and ours[-1] is not raised:
+        where += f", from {_short(ours[-1].filename)}:{ours[-1].lineno} in {ours[-1].name}"
+    return where
+
+
+def _short(filename: str) -> str:
+    """A path from its package on (torch/nn/functional.py, rlhfkit/stages/lm.py), not the whole site-packages."""
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "src"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) + 1 :])
+    return filename
 
 
 def _load_for_generation(args: ChatArgs):
@@ -176,20 +244,22 @@ def _generate(args: GenerateArgs) -> None:
     from rlhfkit.rollout import generate_answers
 
     prompts = list(args.prompt or [])
+    if not prompts and not args.prompts_file:
+        raise UsageError("give --prompt TEXT (one or more) or --prompts-file FILE.jsonl")
+    model, tokenizer, chat = _load_for_generation(args)
     if args.prompts_file:
         from rlhfkit.data import load_prompts
+        from rlhfkit.tokenizer import control_tokens
 
-        prompts += [p.context for p in load_prompts(args.prompts_file)]  # a conversation whole
-    if not prompts:
-        raise ValueError("give --prompt TEXT (one or more) or --prompts-file FILE.jsonl")
-    model, tokenizer, chat = _load_for_generation(args)
+        rows = load_prompts(args.prompts_file, control_tokens(tokenizer))
+        prompts += [p.context for p in rows]  # a conversation whole
     repeated = [p for p in prompts for _ in range(args.num_samples)]
     if args.best_of_n > 1:
         from rlhfkit.evaluate import best_of_n
         from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
 
         if not args.reward_model:
-            raise ValueError("generate --best-of-n needs --reward-model DIR")
+            raise UsageError("generate --best-of-n needs --reward-model DIR")
         reward_model = for_inference(
             load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True)
         )
@@ -223,7 +293,7 @@ def _score(args: C.ScoreArgs) -> None:
     from rlhfkit.tokenizer import load_tokenizer
 
     if not args.prompt or not args.response:
-        raise ValueError("give --prompt TEXT and --response TEXT [TEXT ...]")
+        raise UsageError("give --prompt TEXT and --response TEXT [TEXT ...]")
     tokenizer = load_tokenizer(args.reward_model)
     model = for_inference(load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True))
     check_vocab(model, tokenizer, args.reward_model)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from rlhfkit.errors import UsageError
+
 
 def arg(default, help: str):  # noqa: A002 - `help` reads best at the call sites
     if isinstance(default, list):
@@ -55,7 +57,9 @@ LIMITS = {
     **dict.fromkeys("val_fraction lora_dropout ema_decay".split(), _within(0, 1, high_open=True)),
     "label_smoothing": _within(0, 0.5, high_open=True),
     "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
-    "vocab_size": _at_least(16),
+    # a byte-level BPE starts from 256 bytes and 5 special tokens: a smaller size is silently that one
+    "vocab_size": ((lambda v: v >= 261), ">= 261 (the 256 bytes of byte-level BPE and its 5 special tokens)"),
+    "seed": _within(0, 2**32 - 1),  # numpy's seeds
 }
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
@@ -79,25 +83,37 @@ COMPILE_SAMPLER_HELP = (
 
 
 class Settings:
-    """Every settings dataclass checks its values when it is made (CLI, YAML, pipeline and Python API alike)."""
+    """Every settings dataclass checks its values when it is made (CLI, YAML, pipeline and Python API alike):
+    each against its range (`LIMITS`, or the class's own `OWN_LIMITS`), then together (`check_together`)."""
+
+    OWN_LIMITS: typing.ClassVar[dict] = {}
 
     def __post_init__(self):
         check_limits(self)
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Settings that are fine alone but not with each other (a stage overrides this)."""
 
 
 def check_limits(config) -> None:
-    """A ValueError naming the setting, its flag and its range (or choices) for the first value outside them."""
+    """A UsageError naming the setting, its flag and its range (or choices) for the first value outside them."""
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise ValueError(f"{f.name} = {value!r}: use one of {', '.join(CHOICES[f.name])} ({flag})")
-        if f.name not in LIMITS or value is None or isinstance(value, bool):
-            continue
-        ok, rule = LIMITS[f.name]
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, (int, float)) and not ok(item):
-                raise ValueError(f"{f.name} = {item!r}: must be {rule} ({flag})")
+        check_setting(type(config), f.name, getattr(config, f.name))
+
+
+def check_setting(cls: type, name: str, value) -> None:
+    """One setting of `cls` against its choices and range (a UsageError naming it, its flag and the rule)."""
+    flag = "--" + name.replace("_", "-")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise UsageError(f"{name} = {value!r}: use one of {', '.join(CHOICES[name])} ({flag})")
+    limits = {**LIMITS, **getattr(cls, "OWN_LIMITS", {})}
+    if name not in limits or value is None or isinstance(value, bool):
+        return
+    ok, rule = limits[name]
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not ok(item):
+            raise UsageError(f"{name} = {item!r}: must be {rule} ({flag})")
 
 
 @dataclass
@@ -142,6 +158,23 @@ class PretrainConfig(TrainArgs):
     max_steps: int = arg(600, "optimizer steps")
     lr: float = arg(3e-3, "peak learning rate")
     weight_decay: float = arg(0.01, "AdamW weight decay on matrices")
+
+    OWN_LIMITS: typing.ClassVar[dict] = {
+        "max_steps": _at_least(1)
+    }  # 0 trains nothing (no epochs to derive from)
+
+    def check_together(self) -> None:
+        if self.model is None and self.hidden_size % self.num_heads:
+            raise UsageError(
+                f"hidden_size = {self.hidden_size} is not a multiple of num_heads = {self.num_heads} (--hidden-size, "
+                "--num-heads): each attention head takes an equal share of the hidden size"
+            )
+        if self.model is None and (self.hidden_size // self.num_heads) % 2:
+            raise UsageError(
+                f"hidden_size / num_heads = {self.hidden_size // self.num_heads} is odd (--hidden-size "
+                f"{self.hidden_size}, --num-heads {self.num_heads}): rotary position embeddings turn pairs of a "
+                "head's dimensions, so each head needs an even size"
+            )
 
 
 @dataclass
@@ -273,6 +306,14 @@ class PPOConfig(TrainArgs):
     log_every: int = arg(1, "log every N iterations")
     sample_every: int = arg(10, "write sample answers to TensorBoard/samples.jsonl every N iterations")
 
+    def check_together(self) -> None:
+        if self.mini_batch_size > self.batch_size:
+            raise UsageError(
+                f"mini_batch_size = {self.mini_batch_size} is larger than batch_size = {self.batch_size} "
+                "(--mini-batch-size, --batch-size): a minibatch is a part of one rollout's episodes; give a "
+                "--mini-batch-size of at most --batch-size"
+            )
+
 
 @dataclass
 class DPOConfig(TrainArgs):
@@ -341,7 +382,7 @@ METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")  # what `rlhfkit pipeli
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(Settings):
     """The whole run; per-step settings come from the preset and the YAML file's sections."""
 
     out: str = arg("runs/demo", "run directory")
@@ -399,7 +440,7 @@ def parse_setting(cls: type, key: str, value):
     value for a list field is a one-element list, as `--KEY VALUE` gives; anything else is a ValueError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if key not in fields:
-        raise ValueError(f"{key}: not a {cls.__name__} setting (see the stage's --help)")
+        raise UsageError(f"{key}: not a {cls.__name__} setting (see the stage's --help)")
     declared = _field_types(cls)[key]
     if value is None and (type(None) in typing.get_args(declared) or fields[key].default is None):
         return None
@@ -411,14 +452,14 @@ def parse_setting(cls: type, key: str, value):
         return [_read(item, v) for v in (value if isinstance(value, list) else [value])]
     except ValueError:
         expected = _TYPE_NAMES.get(kind) if item is None else f"{_TYPE_NAMES.get(item)} or a list of them"
-        raise ValueError(f"{key}: expected {expected}, got {value!r}") from None
+        raise UsageError(f"{key}: expected {expected}, got {value!r}") from None
 
 
 def key_values(items: list[str], flag: str = "--set") -> dict[str, str]:
     """`KEY=VALUE` items as {KEY: VALUE text} (read each value with `parse_setting`); an item without "=" is named."""
     bad = [item for item in items if "=" not in item]
     if bad:
-        raise ValueError(f"{flag} {bad[0]!r}: expected KEY=VALUE")
+        raise UsageError(f"{flag} {bad[0]!r}: expected KEY=VALUE")
     return dict(item.split("=", 1) for item in items)
 
 
@@ -449,16 +490,23 @@ def from_args(cls: type, namespace: argparse.Namespace):
 def read_yaml(path: str | Path) -> dict:
     """A YAML file's mapping; a syntax error is a one-line ValueError naming the file, not a parser traceback."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise UsageError(
+            f"--config {path}: {'a directory, not a file' if Path(path).is_dir() else 'no such file'}"
+        )
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = Path(path).read_bytes()[: err.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start}); save the file as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
-        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise UsageError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        raise UsageError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
@@ -466,11 +514,14 @@ def yaml_settings(cls: type, values, path: str | Path, section: str = "") -> dic
     """`values` read from the YAML file `path` (its `section`, if given) as their fields' types (`parse_setting`);
     an error names the file, section.key and the expected type."""
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: {section}: expected a mapping of settings, got {values!r}")
+        raise UsageError(f"{path}: {section}: expected a mapping of settings, got {values!r}")
     try:
-        return {key: parse_setting(cls, key, value) for key, value in values.items()}
+        typed = {key: parse_setting(cls, key, value) for key, value in values.items()}
+        for key, value in typed.items():
+            check_setting(cls, key, value)
+        return typed
     except ValueError as err:
-        raise ValueError(f"{path}: {section + '.' if section else ''}{err}") from None
+        raise UsageError(f"{path}: {section + '.' if section else ''}{err}") from None
 
 
 def load_yaml(path: str | Path, cls: type) -> dict:
@@ -479,7 +530,7 @@ def load_yaml(path: str | Path, cls: type) -> dict:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+        raise UsageError(f"{path}: unknown setting(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
     return yaml_settings(cls, data, path)
 
 

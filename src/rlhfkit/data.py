@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from rlhfkit.console import console
+from rlhfkit.errors import UsageError
+from rlhfkit.rundir import open_atomic
 
 ROLES = ("system", "user", "assistant")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -42,7 +47,7 @@ DATASETS_SUFFIXES = (".parquet", ".csv", ".tsv", ".arrow")
 T = TypeVar("T")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A problem in a user's data file; the message says where, what was wrong and what to do."""
 
 
@@ -123,19 +128,37 @@ def load_pretrain(path: str | Path) -> Loaded[str]:
     return _load(path, _parse_pretrain, '{"text": "..."}')
 
 
-def load_sft(path: str | Path) -> Loaded[PromptCompletion]:
-    """SFT demonstrations from rows {"prompt", "completion"} or {"messages"}."""
-    return _load(path, _parse_sft, '{"prompt": "...", "completion": "..."}')
+def load_sft(path: str | Path, control_tokens: Iterable[str] = ()) -> Loaded[PromptCompletion]:
+    """SFT demonstrations from rows {"prompt", "completion"} or {"messages"}; text holding one of the tokenizer's
+    `control_tokens` is refused (see `_refuse_control_tokens`)."""
+    return _load(path, _parse_sft, '{"prompt": "...", "completion": "..."}', control_tokens)
 
 
-def load_preferences(path: str | Path) -> Loaded[Ranked]:
+def load_preferences(path: str | Path, control_tokens: Iterable[str] = ()) -> Loaded[Ranked]:
     """Preference items from K-wise rows ("ranking" or "ranks") or pairwise rows ("chosen", "rejected")."""
-    return _load(path, _parse_preference, '{"prompt": "...", "responses": ["...", "..."], "ranking": [1, 0]}')
+    return _load(
+        path,
+        _parse_preference,
+        '{"prompt": "...", "responses": ["...", "..."], "ranking": [1, 0]}',
+        control_tokens,
+    )
 
 
-def load_prompts(path: str | Path) -> Loaded[Prompt]:
-    """RL / evaluation prompts from rows {"prompt", ...} or {"messages"}."""
-    return _load(path, _parse_prompt, '{"prompt": "..."}')
+def load_prompts(path: str | Path, control_tokens: Iterable[str] = ()) -> Loaded[Prompt]:
+    """RL / evaluation prompts from rows {"prompt", ...} or {"messages"}. A conversation that goes on after its
+    last user turn (an SFT row) is answered from that turn; how many rows lose turns so is said."""
+    rows = _load(path, _parse_prompt, '{"prompt": "..."}', control_tokens)
+    cut = [
+        i
+        for i, row in enumerate(rows)
+        if row.meta.get("messages") and row.meta["messages"][-1]["role"] != "user"
+    ]
+    if cut:
+        console.print(
+            f"[data] {path}: {len(cut)} of {len(rows)} prompts go on after their last user turn (the first is row "
+            f"{cut[0] + 1}): each is answered from that turn, the turns after it left out"
+        )
+    return rows
 
 
 def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:
@@ -165,26 +188,16 @@ def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> I
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write one JSON object per line (UTF-8, non-ASCII kept readable) and return how many.
 
-    Atomic: the rows go to a temporary file next to `path`, renamed over it at the end, so a reader never sees
-    half a file. Parent directories are created.
+    Atomic: the rows go to a temporary file next to `path`, flushed to disk and renamed over it at the end
+    (`rundir.open_atomic`), so a reader never sees half a file, even after a kill. Parent directories are created.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                if not isinstance(record, dict):
-                    raise TypeError(f"write_jsonl expects dicts, got {type(record).__name__}")
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        for record in records:
+            if not isinstance(record, dict):
+                raise TypeError(f"write_jsonl expects dicts, got {type(record).__name__}")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 
@@ -192,9 +205,17 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
 # Reading files
 
 
-def _load(path: str | Path, parse_row: Callable[[str, dict], T], example: str) -> Loaded[T]:
+def _load(
+    path: str | Path, parse_row: Callable[[str, dict], T], example: str, control_tokens: Iterable[str] = ()
+) -> Loaded[T]:
     blank_lines: list[int] = []
-    rows = [parse_row(location, record) for location, record in read_records(path, blank_lines=blank_lines)]
+    tokens = sorted(set(control_tokens), key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
+    rows = []
+    for location, record in read_records(path, blank_lines=blank_lines):
+        rows.append(parse_row(location, record))
+        if pattern is not None:
+            _refuse_control_tokens(location, record, pattern)
     if not rows:
         blanks = f" ({len(blank_lines)} blank lines)" if blank_lines else ""
         raise DataError(
@@ -342,6 +363,8 @@ def _parse_sft(location: str, record: dict) -> PromptCompletion:
     if isinstance(prompt, list) or isinstance(completion, list):  # TRL conversational prompt-completion
         prompt_turns = _turns(location, "prompt", prompt, role="user")
         completion_turns = _turns(location, "completion", completion, role="assistant")
+        last = (prompt_turns[-1]["role"], f"prompt[{len(prompt_turns) - 1}]")
+        _check_order(location, "completion", completion_turns, 0, before=last)
         if completion_turns[-1]["role"] != "assistant":
             raise _error(
                 location,
@@ -429,12 +452,12 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
                 f"has {len(ranks)} entries for K={k} responses",
                 "Give one rank per response (1 = best, equal = tie)",
             )
-        if min(ranks) < 1:
+        if min(ranks) < 1 or max(ranks) > k:
             raise _error(
                 location,
                 "ranks",
-                f"{_show(ranks)} has a rank below 1",
-                "Ranks start at 1 for the best response",
+                f"{_show(ranks)} has a rank {'below 1' if min(ranks) < 1 else f'above K={k}'}",
+                f"Ranks run from 1 (the best response) to at most K={k}, equal for a tie",
             )
         if len(set(ranks)) < 2:
             raise _error(
@@ -517,7 +540,7 @@ def _parse_prompt(location: str, record: dict) -> Prompt:
         'Keep one: "prompt" (text, or a list of turns) or "messages" (the conversation to answer)',
     )
     if _has(record, "prompt"):
-        prompt, prompt_turns = _prompt(location, record)
+        prompt, prompt_turns = _prompt(location, record, answered_after=True)
         if prompt_turns is not None:
             meta.setdefault("messages", prompt_turns)
         return Prompt(prompt, meta)
@@ -529,6 +552,40 @@ def _parse_prompt(location: str, record: dict) -> Prompt:
 
 # ------------------------------------------------------------------------------------------------------------
 # Field checks; each returns the checked value or raises DataError
+
+TEXT_FIELDS = ("text", "prompt", "completion", "messages", "responses", "chosen", "rejected")
+
+
+def _refuse_control_tokens(location: str, record: dict, pattern: re.Pattern) -> None:
+    """Text that spells one of the tokenizer's control tokens (`<|endoftext|>`, `<|assistant|>`, `</s>`) would be
+    tokenized as that token: an answer that ends there, a turn of another speaker. Data must not hold them."""
+    for name, text in _texts(record):
+        found = pattern.search(text)
+        if found:
+            raise _error(
+                location,
+                name,
+                f"holds {found.group()!r} (at character {found.start()}), a control token of the tokenizer: it "
+                "would be read as that token, not as text (an answer that ends there, a turn of another speaker)",
+                "Remove it from the data, or write it another way (e.g. with a space inside)",
+            )
+
+
+def _texts(record: dict) -> Iterator[tuple[str, str]]:
+    """(field, text) of every text a row's known fields hold: strings, lists of them, chat turns' contents."""
+
+    def walk(name: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, str):
+            yield name, value
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(f"{name}[{i}]", item)
+        elif isinstance(value, dict) and isinstance(value.get("content"), str):
+            yield f"{name}.content", value["content"]
+
+    for key in TEXT_FIELDS:
+        if _has(record, key):
+            yield from walk(key, record[key])
 
 
 def _error(location: str, name: str, problem: str, fix: str) -> DataError:
@@ -563,6 +620,24 @@ def _text(location: str, name: str, value: Any, allow_empty: bool = False) -> st
         )
     if not value.strip() and not allow_empty:
         raise _error(location, name, "is empty", "Give non-blank text, or remove the row")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can spell a lone surrogate ("\\ud800"); no tokenizer takes one
+        raise _error(
+            location,
+            name,
+            f"holds {value[e.start]!r} at character {e.start}, half of a UTF-16 surrogate pair: not text",
+            'Write the character itself (or its full pair, e.g. "\\ud83d\\ude00"), or remove it',
+        ) from None
+    if (
+        "\x00" in value and not allow_empty
+    ):  # sampled answers (allow_empty) may hold one: a byte-level model's
+        raise _error(
+            location,
+            name,
+            f"holds a NUL character (\\u0000) at character {value.index(chr(0))}, a sign of binary or damaged text",
+            "Remove it (and check how the file was made)",
+        )
     return value
 
 
@@ -603,7 +678,33 @@ def _messages(location: str, name: str, value: Any) -> list[dict]:
             problem = "is missing" if role is None else f"{_show(role)} is not a known role"
             raise _error(location, f"{where}.role", problem, f"Use one of {', '.join(ROLES)}")
         _text(location, f"{where}.content", turn.get("content"))
+        _check_order(location, name, turns, i)
     return turns
+
+
+def _check_order(
+    location: str, name: str, turns: list[dict], i: int, before: tuple[str, str] | None = None
+) -> None:
+    """A system prompt opens a conversation; after it, user and assistant take turns (chat templates assume so,
+    and some refuse anything else). `before` is (role, field) of the turn before turns[0] when they continue
+    another field's turns."""
+    role = turns[i]["role"]
+    if i:
+        before = (turns[i - 1]["role"], f"{name}[{i - 1}]")
+    if role == "system" and before:
+        raise _error(
+            location,
+            f"{name}[{i}].role",
+            '"system" is not the first turn',
+            "A system prompt opens the conversation: move it to the start, or give it as a user turn",
+        )
+    if before and role == before[0]:
+        raise _error(
+            location,
+            f"{name}[{i}].role",
+            f"{_show(role)} follows another {_show(role)} turn ({before[1]})",
+            "User and assistant turns must alternate: merge the two turns into one",
+        )
 
 
 def _turns(location: str, name: str, value: Any, role: str) -> list[dict]:
@@ -620,13 +721,29 @@ def _last_user(location: str, name: str, turns: list[dict]) -> str:
     raise _error(location, name, "has no user turn", "Include the user's prompt as a turn with role 'user'")
 
 
-def _prompt(location: str, record: dict) -> tuple[str, list[dict] | None]:
-    """The "prompt" field as text, plus its turns when it was given as chat messages."""
+def _prompt(location: str, record: dict, answered_after: bool = False) -> tuple[str, list[dict] | None]:
+    """The "prompt" field as text, plus its turns when it was given as chat messages. Turns after the last user
+    turn are refused (responses answer the prompt), unless `answered_after`: a prompts file's row is answered
+    from its last user turn (`Prompt.context`), and `load_prompts` says how many rows lose turns that way."""
     value = _field(location, record, "prompt")
     if isinstance(value, list):
         turns = _messages(location, "prompt", value)
+        if not answered_after:
+            _ends_with_user(location, "prompt", turns)
         return _last_user(location, "prompt", turns), turns
     return _text(location, "prompt", value), None
+
+
+def _ends_with_user(location: str, name: str, turns: list[dict]) -> None:
+    """What a model answers ends with the user's turn; a trailing assistant turn would be dropped or answered."""
+    if turns[-1]["role"] != "user":
+        raise _error(
+            location,
+            f"{name}[{len(turns) - 1}].role",
+            f"the prompt's last turn is {_show(turns[-1]['role'])}'s, not the user's",
+            "End a prompt with the user turn to answer; a conversation ending with the answer is SFT data "
+            "(rlhfkit sft --data)",
+        )
 
 
 def _ended(location: str, record: dict, k: int, order: str = "") -> list[bool] | None:

@@ -9,7 +9,6 @@ the reward stage's (reward/eval.json).
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 from rlhfkit.batching import collate, encode_prompts, pack, score_responses
 from rlhfkit.config import EvalConfig
 from rlhfkit.console import console
-from rlhfkit.data import load_prompts
+from rlhfkit.data import load_prompts, write_jsonl
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import best_of_n_kl, lm_loss
 from rlhfkit.modeling import (
     check_vocab,
@@ -30,8 +30,9 @@ from rlhfkit.modeling import (
 )
 from rlhfkit.report import write_figures, write_markdown
 from rlhfkit.rollout import generate_answers, response_logprobs, sample
+from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD, heldout_texts
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.world import SEED_PROMPTS, eval_panel, parse_prompt, score, split_prompts
 from rlhfkit.world.facts import ATTRACTION_CITY
 from rlhfkit.world.oracle import find_attractions
@@ -43,9 +44,9 @@ def run(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     models = parse_named(cfg.models)
     if cfg.reference not in models:
-        raise ValueError(f"eval --reference {cfg.reference!r} is not one of --models {list(models)}")
+        raise UsageError(f"eval --reference {cfg.reference!r} is not one of --models {list(models)}")
     if cfg.best_of_n and not cfg.reward_model:
-        raise ValueError("eval --best-of-n needs --reward-model DIR to pick the best answer")
+        raise UsageError("eval --best-of-n needs --reward-model DIR to pick the best answer")
     prompts, families, judge = load_eval_prompts(cfg)
     n = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(n)]
@@ -121,11 +122,11 @@ def run(cfg: EvalConfig) -> dict:
             for i in range(0, len(repeated), max(1, len(repeated) // 8))
         ],
     }
-    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
-    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    # Each file whole (temp + fsync + rename), and report.json last: it is what says the evaluation is done.
+    write_jsonl(out / "answers.jsonl", records)
     write_markdown(report, out / "report.md")
     write_figures(report, parse_named(cfg.curves) | models, out)
+    write_json(out / "report.json", report)
     console.print(f"[eval] wrote {out}/report.json, report.md, answers.jsonl, winrate.png, curves.png")
     return report
 
@@ -326,9 +327,9 @@ def parse_named(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"eval: {pair!r} should be NAME=DIR, e.g. ppo=runs/demo/ppo")
+            raise UsageError(f"eval: {pair!r} should be NAME=DIR, e.g. ppo=runs/demo/ppo")
         if name in named:
-            raise ValueError(
+            raise UsageError(
                 f"eval: two models are named {name!r} ({named[name]} and {path}); give each its own"
             )
         named[name] = path
@@ -341,9 +342,10 @@ def load_eval_prompts(cfg: EvalConfig):
         tasks = split_prompts()["eval"]
         prompts, families = [t.prompt for t in tasks], [t.family for t in tasks]
     elif cfg.judge is None:
-        raise ValueError("eval: prompts outside the embedded world need --judge REWARD_MODEL_DIR")
+        raise UsageError("eval: prompts outside the embedded world need --judge REWARD_MODEL_DIR")
     else:
-        rows = list(load_prompts(cfg.prompts))
+        tokens = control_tokens(load_tokenizer(parse_named(cfg.models)[cfg.reference]))
+        rows = list(load_prompts(cfg.prompts, tokens))
         prompts, families = [r.context for r in rows], [str(r.meta.get("family", "all")) for r in rows]
     if cfg.judge is None:
         panel = eval_panel()

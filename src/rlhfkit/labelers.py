@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rlhfkit import world
 from rlhfkit.config import LabelConfig
+from rlhfkit.rundir import write_atomic
 
 LABELER_SETTINGS = ("n_labelers", "seed", "labeler_noise", "label_noise")  # LabelConfig fields that make them
 
@@ -35,7 +36,8 @@ def settings_path(comparisons: str | Path) -> Path:
 
 
 def write_settings(comparisons: str | Path, settings: dict) -> None:
-    settings_path(comparisons).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    """Written whole (`rundir.write_atomic`), before the comparisons: their file is what says `label` is done."""
+    write_atomic(settings_path(comparisons), json.dumps(settings, indent=2) + "\n")
 
 
 def default_settings(why: str = "") -> dict:

@@ -10,14 +10,16 @@ position t — which is why the value model can start as a copy of the reward mo
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -31,6 +33,8 @@ from transformers import (
 )
 
 from rlhfkit.console import console
+from rlhfkit.errors import RunError, UsageError
+from rlhfkit.rundir import fsync_tree, swap_dirs
 
 RLHFKIT_META = "rlhfkit.json"  # which stage wrote a directory, and whether it is a chat model
 
@@ -69,12 +73,14 @@ def build_default_model(
 
 
 def from_pretrained(loader, path: str | Path, what: str, **kwargs):
-    """`loader.from_pretrained`, with a missing directory reported as such instead of a hub lookup traceback."""
+    """`loader.from_pretrained`, with what can be wrong with a directory said in one line naming it: missing,
+    without its files, a damaged weights file, weights that do not fit the config. Code shipped with a model
+    (`auto_map`) is never run: trust_remote_code stays off."""
     local = Path(path).expanduser()
     if not local.exists() and (
         str(path).startswith((".", "/", "~")) or local.parent.is_dir() and str(local.parent) != "."
     ):
-        raise FileNotFoundError(
+        raise UsageError(
             f"{what} {path!s}: no such directory; give the directory a stage wrote, e.g. runs/demo/sft"
         )
     if not local.exists() and not os.environ.get("HF_HUB_OFFLINE"):
@@ -83,13 +89,58 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
             f"[rlhfkit] {what} {path!s} is not a directory here: looking it up on the Hugging Face Hub"
         )
     try:
-        return loader.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as err:  # a directory without its files raises either, by loader
-        where = "is not a directory here" if not local.exists() else "has no loadable files"
-        raise FileNotFoundError(
-            f"{what} {path!s} {where} ({str(err).splitlines()[0]}); give the directory a stage wrote, "
-            "e.g. runs/demo/sft"
+        return loader.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except SafetensorError as err:  # empty, truncated or not a safetensors file at all
+        raise UsageError(
+            f"{what} {path!s}: its weights ({', '.join(p.name for p in local.glob('*.safetensors')) or 'safetensors'}) "
+            f"cannot be read ({err}): the file is truncated or damaged. Restore it, or delete {path!s} and train "
+            "it again (the pipeline's --resume rebuilds a deleted step)"
         ) from None
+    except RuntimeError as err:
+        if "mismatched_sizes" not in str(err):
+            raise
+        raise UsageError(
+            f"{what} {path!s}: its weights do not fit its config.json ({mismatch(loader, local, kwargs)}): the "
+            "directory mixes the files of two models. Restore the config.json saved with these weights"
+        ) from None
+    except (OSError, ValueError, StrictDataclassError) as err:  # a directory without its files, a bad config
+        if not local.exists():
+            where = "is not a directory here"
+        elif any((local / name).exists() for name in ("config.json", *TOKENIZER_FILES)):
+            where = "cannot be loaded"
+        else:
+            where = "has no loadable files"
+        raise UsageError(
+            f"{what} {path!s} {where} ({_reason(err)}); give the directory a stage wrote, e.g. runs/demo/sft"
+        ) from None
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an error, and of its cause where the first line only announces it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__ or err.__context__
+    first = lines[0] if lines else type(err).__name__
+    if first.endswith(":") and len(lines) > 1:
+        return f"{first} {lines[1]}"
+    return f"{first}: {_reason(cause)}" if first.endswith(":") and cause else first
+
+
+def mismatch(loader, local: Path, kwargs: dict) -> str:
+    """The first weight whose shape in the safetensors files differs from the one its config gives."""
+    from safetensors import safe_open
+
+    config = kwargs.get("config") or AutoConfig.from_pretrained(str(local))
+    model_class = AutoModelForSequenceClassification if loader is AutoModelForSequenceClassification else None
+    with torch.device("meta"):
+        model = (model_class or AutoModelForCausalLM).from_config(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for file in sorted(local.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is no dict
+                shape = tuple(weights.get_slice(name).get_shape())
+                if name in expected and expected[name] != shape:
+                    return f"{name} is {list(shape)} in {file.name}, {list(expected[name])} by the config"
+    return "the shapes differ"
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
@@ -98,7 +149,7 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreT
     config = from_pretrained(AutoConfig, path, "model")
     scalar = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
     if scalar:
-        raise ValueError(
+        raise UsageError(
             f"{path} is a reward model ({scalar[0]}), not a language model: it has no trained LM head to generate "
             "or train from; give the directory of a pretrained or SFT model"
         )
@@ -114,7 +165,7 @@ def load_reward_model(
     since its head would be random and every score noise."""
     config = from_pretrained(AutoConfig, path, "reward model")
     if trained and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
-        raise ValueError(
+        raise UsageError(
             f"{path} is not a reward model ({', '.join(config.architectures or ['no architecture'])}): its scalar "
             "head would be untrained and every score random; give the directory `rlhfkit reward` wrote"
         )
@@ -158,7 +209,7 @@ def check_vocab(
     """A model fed another tokenizer's ids reads them as other words, silently, or indexes past its embedding
     table deep inside torch: say so up front. With `model_dir`, the tokenizer saved there must be this one."""
     if not same_tokenizer(tokenizer, model_dir):
-        raise ValueError(
+        raise UsageError(
             f"{where}: the tokenizer saved with this model ({len(own_tokenizer(model_dir))} tokens) has another "
             f"vocabulary than the one in use ({len(tokenizer)} tokens, from {tokenizer.name_or_path}): the same "
             "ids stand for other tokens. Models that read each other's token ids (policy, reference, reward and "
@@ -166,7 +217,7 @@ def check_vocab(
         )
     n_embed = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embed:
-        raise ValueError(
+        raise UsageError(
             f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_embed}; "
             "use the tokenizer saved with this model (or resize the model's embeddings)"
         )
@@ -178,7 +229,7 @@ def scalar_head(model: PreTrainedModel) -> nn.Module:
         head = getattr(model, name, None)
         if isinstance(head, nn.Module):
             return head
-    raise ValueError(f"{type(model).__name__} has no scalar head named score/classifier")
+    raise UsageError(f"{type(model).__name__} has no scalar head named score/classifier")
 
 
 def backbone(model: PreTrainedModel) -> nn.Module:
@@ -231,34 +282,84 @@ def last_token_scores(
 def save_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path, **meta
 ) -> None:
-    """save_pretrained (safetensors) + tokenizer into out_dir, next to the stage's metrics and logs.
+    """save_pretrained (safetensors) + tokenizer + rlhfkit.json into out_dir, next to the stage's metrics and logs.
 
-    Files are written to a temp dir and moved in one by one; rlhfkit.json goes last, so a directory whose
-    rlhfkit.json says complete always holds a whole model.
+    Atomic as a whole directory: the new model is written into a sibling temp dir, which also gets (as hard links)
+    everything else the stage directory holds — metrics.jsonl, tensorboard/, samples, the lock — then is flushed
+    to disk and swapped in for out_dir in one step (`rundir.swap_dirs`). A kill at any byte leaves the old
+    directory or the new one, and a directory whose rlhfkit.json says complete always holds a whole model. A
+    failure (a full disk) leaves out_dir as it was, its checkpoint included, and no temp dir behind.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RLHFKIT_META).unlink(missing_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".save.", dir=out_dir))
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, out_dir / path.name)
-    tmp.rmdir()
-    (out_dir / RLHFKIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+    out_dir = Path(os.path.abspath(out_dir))
+    if Path.cwd().is_relative_to(out_dir):
+        raise UsageError(
+            f"{out_dir} holds the current directory, and saving a model replaces its directory whole: give the "
+            "stage an --out of its own (e.g. --out runs/sft)"
+        )
+    new = out_dir.with_name(f".{out_dir.name}.new")
+    try:
+        shutil.rmtree(new, ignore_errors=True)  # left over from a save killed midway
+        new.mkdir(parents=True)
+        model.save_pretrained(new, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(new)
+        (new / RLHFKIT_META).write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+        if out_dir.is_dir():
+            _link_rest(out_dir, new)
+        fsync_tree(new)
+        swap_dirs(new, out_dir)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(new, ignore_errors=True)
+        raise RunError(
+            f"saving the model to {out_dir} failed ({type(err).__name__}: {err}); {out_dir} is as it was, its "
+            "checkpoint (if any) kept. Free space (or fix the disk), then run again with --resume"
+        ) from err
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temp dir into place; the old dst is removed only after the new one is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+# What a save replaces: the files of the old model (names save_pretrained and tokenizers write) and the resume
+# state that a finished model makes unnecessary. Everything else in a stage directory is carried over.
+MODEL_FILES = (
+    "*.safetensors",
+    "*.bin",
+    "*.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "adapter_*",
+    RLHFKIT_META,
+    "checkpoint",
+    ".*.tmp",
+    ".*.new",
+    ".*.old",
+)
+
+
+def _link_rest(old: Path, new: Path) -> None:
+    """Hard-link (copy where links fail) what `old` holds besides the model files into `new`."""
+    for entry in old.iterdir():
+        target = new / entry.name
+        if target.exists() or any(fnmatch.fnmatch(entry.name, pattern) for pattern in MODEL_FILES):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, copy_function=_link_or_copy, symlinks=True)
+        else:
+            _link_or_copy(entry, target)
+
+
+def _link_or_copy(src, dst) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def read_meta(path: str | Path) -> dict:

@@ -30,8 +30,10 @@ import yaml
 from rlhfkit import config as C
 from rlhfkit.config import METHODS, PipelineConfig
 from rlhfkit.console import console
+from rlhfkit.errors import UsageError
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.report import write_markdown
+from rlhfkit.rundir import write_atomic
 from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
 from rlhfkit.training import is_finished
 from rlhfkit.world import export_world
@@ -111,18 +113,18 @@ TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "dpo")  # best_of_n trains nothing:
 def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, object]:
     """Step configs: dataclass defaults ← preset ← YAML sections; paths, seed and precision from the pipeline."""
     if cfg.preset not in PRESETS:
-        raise ValueError(f"pipeline --preset {cfg.preset!r}: use one of {list(PRESETS)}")
+        raise UsageError(f"pipeline --preset {cfg.preset!r}: use one of {list(PRESETS)}")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"pipeline --methods: unknown {unknown}; available: {list(METHODS)}")
+        raise UsageError(f"pipeline --methods: unknown {unknown}; available: {list(METHODS)}")
     overrides = {step: dict(values or {}) for step, values in (overrides or {}).items()}
     for step, values in overrides.items():
         if step not in STEP_CONFIGS:
-            raise ValueError(f"pipeline config: unknown section {step!r}; sections: {list(STEP_CONFIGS)}")
+            raise UsageError(f"pipeline config: unknown section {step!r}; sections: {list(STEP_CONFIGS)}")
         known = {f.name for f in dataclasses.fields(STEP_CONFIGS[step])}
         bad = sorted(set(values) - known)
         if bad:
-            raise ValueError(f"pipeline config: section {step!r} has unknown setting(s) {bad}")
+            raise UsageError(f"pipeline config: section {step!r} has unknown setting(s) {bad}")
     preset = copy.deepcopy(PRESETS[cfg.preset])
     settings = {step: {**preset.get(step, {}), **overrides.get(step, {})} for step in STEP_CONFIGS}
     # The PPO section is Step3's: PPO-ptx and RLOO inherit it (preset and YAML alike) unless their own section
@@ -137,7 +139,7 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
     settings["rloo"] = {**ppo, "algo": "rloo", **preset.get("rloo", {}), **overrides.get("rloo", {})}
     for step, values in overrides.items():
         for key in RUN_WIDE & set(values):
-            raise ValueError(
+            raise UsageError(
                 f"pipeline config: {step}.{key} = {values[key]!r}, but the pipeline sets every step's {key} "
                 f"from the run's ({getattr(cfg, key)!r}): set the top-level {key} (or --{key.replace('_', '-')}) "
                 "and remove it from the section"
@@ -147,7 +149,12 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
         values = {**derived[step], **settings.get(step, {})}
         if step == "eval" and "best_of_n" not in cfg.methods:
             values["best_of_n"] = []
-        steps[step] = cls(**values)
+        try:
+            steps[step] = cls(**values)
+        except UsageError as err:  # settings that do not go together, from the preset and the section
+            raise UsageError(
+                f"pipeline section {step!r} (preset {cfg.preset!r} and --config): {err}"
+            ) from None
     return steps
 
 
@@ -199,13 +206,13 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             "CPU its Step0 alone takes about 6 hours (15 s a step) — `--preset default` is the CPU run"
         )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(resolved_dict(cfg, steps), allow_unicode=True, sort_keys=False)
+    write_atomic(
+        out / "config.yaml", yaml.safe_dump(resolved_dict(cfg, steps), allow_unicode=True, sort_keys=False)
     )
     timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if cfg.resume and timings_path.exists() else {}
+    timings = (read_record(timings_path) or {}) if cfg.resume else {}
     built_path, prints = out / "steps.json", fingerprints(cfg, steps)
-    built = json.loads(built_path.read_text()) if built_path.exists() else None
+    built = read_record(built_path)
     if cfg.resume and built is None and (out / "gpt").exists():
         console.print(
             "[pipeline] no steps.json (a run of an older rlhfkit): its finished steps are trusted to match "
@@ -215,7 +222,7 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
 
     def record(name: str, complete: bool) -> None:
         built[name] = {**prints[name], "complete": complete}
-        built_path.write_text(json.dumps(built, indent=2, default=str))
+        write_atomic(built_path, json.dumps(built, indent=2, default=str))
 
     def step(name: str, done: bool, action) -> bool:
         """Run `action` unless --resume finds the step finished with these settings; True if it ran."""
@@ -224,6 +231,8 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
             target = Path(steps[name].out)
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            done = False
+        if old and not old.get("complete", True):  # it was interrupted, whatever its files say
             done = False
         if cfg.resume and done:
             console.print(f"[pipeline] {name}: finished earlier, skipped")
@@ -238,7 +247,7 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         if new:
             record(name, complete=True)
         timings[name] = round(time.time() - start, 2)
-        timings_path.write_text(json.dumps(timings, indent=2))
+        write_atomic(timings_path, json.dumps(timings, indent=2))
         return True
 
     corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
@@ -274,14 +283,29 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     if step("eval", evaluated, lambda: evaluate(steps["eval"])):
         report = json.loads((out / "eval" / "report.json").read_text())
         report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
-        (out / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
         write_markdown(report, out / "eval" / "report.md", timings)
+        write_atomic(out / "eval" / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
     total, now = sum(timings.values()), time.time() - began
     took = (
         f"{now:.0f} s" if not cfg.resume else f"{now:.0f} s ({total:.0f} s of steps, earlier runs' included)"
     )
     console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
     return report
+
+
+def read_record(path: Path) -> dict | None:
+    """steps.json / timings.json, or None when it is missing — or damaged (cut short by a disk that filled up, or
+    edited): said, and then rebuilt as a missing one is."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(record, dict):
+            return record
+    except (ValueError, UnicodeDecodeError):
+        pass
+    console.print(f"[pipeline] {path} is damaged (not a JSON object): read as missing, and written again")
+    return None
 
 
 def _has_accelerator() -> bool:
@@ -344,7 +368,7 @@ def from_namespace(namespace) -> tuple[PipelineConfig, dict]:
     top = C.yaml_settings(PipelineConfig, {k: v for k, v in data.items() if k in top_names}, path)
     unknown = [k for k in data if k not in top_names and k not in STEP_CONFIGS]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{path}: unknown section or setting {unknown[0]!r}; sections: {list(STEP_CONFIGS)}, "
             f"settings: {sorted(top_names)}"
         )

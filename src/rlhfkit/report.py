@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhfkit.rundir import open_atomic, write_atomic
 from rlhfkit.training import read_metrics
 
 
@@ -85,7 +86,7 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             lines += [f"**{prompt}**", "", "| model | answer |", "|---|---|"]
             lines += [f"| {name} | {_cell(answer)} |" for name, answer in by_model.items()]
             lines.append("")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def _cell(text: str) -> str:
@@ -134,7 +135,8 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
     else:  # a reward model judged (user prompts the world's panel cannot judge)
         ax.set_title(f"Preference of the judge (95% CI)\n{judge}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "winrate.png", dpi=120)
+    with open_atomic(out / "winrate.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
     # Training curves of every step: loss, RM accuracy, reward, KL.
@@ -164,5 +166,6 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
+    with open_atomic(out / "curves.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)

@@ -21,6 +21,7 @@ import torch
 
 from rlhfkit.batching import encode_prompts, pad
 from rlhfkit.console import console
+from rlhfkit.errors import UsageError
 from rlhfkit.fast_sampler import FastSampler, decode_logits
 from rlhfkit.losses import token_logprobs
 from rlhfkit.modeling import position_ids
@@ -60,7 +61,7 @@ def sample(
     `compiled` runs FastSampler's decoding step under torch.compile: the same tokens from the same generator up
     to float rounding, faster per step, after a compilation per batch shape (10–20 s on a 2-core CPU)."""
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens {max_new_tokens}: an answer needs at least one token")
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: an answer needs at least one token")
     device = next(model.parameters()).device
     ids, mask = pad(prompt_ids, pad_id, left=True)
     ids, mask = ids.to(device), mask.to(device)

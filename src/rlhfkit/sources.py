@@ -8,6 +8,8 @@ import it for that alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rlhfkit import world
 from rlhfkit.console import console
 from rlhfkit.data import load_pretrain, load_prompts, load_sft
@@ -39,16 +41,21 @@ def heldout_texts(source: str) -> list[str]:
     return list(load_pretrain(source))
 
 
-def demonstrations(source: str) -> list[tuple[str, str] | list[dict]]:
-    """SFT demonstrations: (prompt, completion) pairs, or message lists for {"messages"} rows."""
+def demonstrations(source: str, control_tokens: Iterable[str] = ()) -> list[tuple[str, str] | list[dict]]:
+    """SFT demonstrations: (prompt, completion) pairs, or message lists for {"messages"} rows; a file's text that
+    spells one of the tokenizer's `control_tokens` is refused (`data.load_sft`)."""
     if source == WORLD:
         return [(d["prompt"], d["completion"]) for d in world.demonstrations()]
-    return [row.messages if row.messages else (row.prompt, row.completion) for row in load_sft(source)]
+    return [
+        row.messages if row.messages else (row.prompt, row.completion)
+        for row in load_sft(source, control_tokens)
+    ]
 
 
-def prompt_texts(source: str, split: str) -> list[str | list[dict]]:
+def prompt_texts(source: str, split: str, control_tokens: Iterable[str] = ()) -> list[str | list[dict]]:
     """The prompts of a file (conversations kept whole, see `Prompt.context`), or the world's `split` ("rm", "rl"
-    or "eval"; disjoint from each other and from the demonstrations' prompts)."""
+    or "eval"; disjoint from each other and from the demonstrations' prompts); a file's text that spells one of
+    the tokenizer's `control_tokens` is refused (`data.load_prompts`)."""
     if source == WORLD:
         return [task.prompt for task in world.split_prompts()[split]]
-    return [p.context for p in load_prompts(source)]
+    return [p.context for p in load_prompts(source, control_tokens)]

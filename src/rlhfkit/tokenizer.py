@@ -17,6 +17,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from rlhfkit.errors import UsageError
 from rlhfkit.modeling import from_pretrained
 
 EOS = "<|endoftext|>"
@@ -69,10 +70,18 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Any HF tokenizer; makes sure it has an EOS and a PAD token (PAD falls back to EOS, as TRL does)."""
     tokenizer = from_pretrained(AutoTokenizer, path, "tokenizer")
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer at {path} has no EOS token: rlhfkit needs one to know where answers end")
+        raise UsageError(f"tokenizer at {path} has no EOS token: rlhfkit needs one to know where answers end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The strings this tokenizer reads as special tokens wherever they stand in a text (EOS, pad, role markers):
+    data must not spell them (`data.load_sft(..., control_tokens)` and friends refuse it)."""
+    tokens = set(tokenizer.all_special_tokens)
+    tokens |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted(t for t in tokens if t)
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], chat: bool = True) -> str:
@@ -82,7 +91,7 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], 
     if chat and tokenizer.chat_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, list):
-        raise ValueError(
+        raise UsageError(
             f"a conversation prompt ({len(prompt)} turns) needs a tokenizer with a chat template "
             f"({tokenizer.name_or_path} has none): give plain-text prompts, or add a chat_template to the tokenizer"
         )
@@ -93,7 +102,7 @@ def format_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) ->
     """Split a conversation into (context, final assistant answer + EOS) text for SFT on the last turn."""
     assert messages and messages[-1]["role"] == "assistant"
     if not tokenizer.chat_template:
-        raise ValueError(
+        raise UsageError(
             f"{{messages}} rows need a tokenizer with a chat template ({tokenizer.name_or_path} has none): "
             "give {prompt, completion} rows, or add a chat_template to the tokenizer"
         )

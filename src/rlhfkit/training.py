@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -30,17 +31,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from transformers.utils import logging as hf_logging
 
 from rlhfkit.config import HOW_IT_RUNS
 from rlhfkit.console import console  # also imported from here by the stages
-from rlhfkit.modeling import read_meta, replace_dir
+from rlhfkit.errors import RunError, UsageError
+from rlhfkit.modeling import read_meta
+from rlhfkit.rundir import fsync_tree, open_atomic, recover_dir, swap_dirs
 
 CHECKPOINT_DIR = "checkpoint"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """A run cannot go on (NaN loss, bad state); the message names the step and the quantity."""
 
 
@@ -72,6 +77,12 @@ def make_accelerator(
         # SDPA's memory-efficient and flash kernels, and eager attention, trained through. Measured in
         # benchmarks/gpu_check.sh's runs, 2026-11-26.
         torch.backends.cuda.enable_cudnn_sdp(False)
+    if mixed_precision == "fp16" and cpu:
+        # accelerate accepts it and trains in fp32 without a word (CPUs have no fp16 autocast)
+        raise UsageError(
+            "mixed_precision = 'fp16' (--mixed-precision fp16) needs a CUDA GPU, and this run is on the CPU; use "
+            "auto (bf16 where the CPU has native bf16, else fp32), bf16 or no"
+        )
     if mixed_precision == "auto":
         if cpu:
             mixed_precision = "bf16" if cpu_bf16_is_fast() else "no"
@@ -137,8 +148,11 @@ def clip_gradients(accelerator: Accelerator, params, max_norm: float) -> torch.T
     return accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
 
 
-def check_finite(step: int, accelerator: Accelerator | None = None, **values: float) -> None:
-    """Stop with a message naming the step and the quantity instead of training on NaN.
+def check_finite(
+    step: int, accelerator: Accelerator | None = None, unit: str = "step", **values: float
+) -> None:
+    """Stop with a message naming the step and the quantity instead of training on NaN. Name each value by what it
+    is and whose it is (PPO: "policy loss (policy)", "value loss (value model)", "reward (reward model)").
 
     Given the `accelerator` of a run in several processes, every process stops when any one sees a non-finite
     value (one process stopping alone would leave the others waiting for it in the next gradient all-reduce)."""
@@ -150,9 +164,27 @@ def check_finite(step: int, accelerator: Accelerator | None = None, **values: fl
     for name, value in values.items():
         if bad[name]:
             shown = value if not math.isfinite(value) else "non-finite in another process"
+            raise TrainingError(f"{unit} {step}: {name} = {shown}; stopping. {_AFTER_NAN}")
+
+
+_AFTER_NAN = (
+    "Nothing is saved as finished; checkpoints already written (--save-every) are kept — lower the learning rate "
+    "or check the data, then run again with --resume (it takes the new --lr)"
+)
+
+
+@torch.no_grad()
+def check_weights(model: torch.nn.Module, step: int, what: str, unit: str = "step") -> None:
+    """After an update, before its weights are saved: stop if any weight is NaN/inf or so large that its square
+    overflows float32 (an lr of 1e30 gives weights of 1e28 that are finite, and a model whose RMSNorm reads inf
+    and outputs zeros: a loss of log(vocab) for ever, which no loss check would notice)."""
+    for name, param in model.named_parameters():
+        norm = torch.linalg.vector_norm(param.detach().float())
+        if not torch.isfinite(norm):
+            largest = param.detach().float().abs().nan_to_num(nan=float("inf")).max().item()
             raise TrainingError(
-                f"step {step}: {name} = {shown}; stopping. Checkpoints already written (--save-every) are kept — "
-                "lower the learning rate or check the data, then run again with --resume (it takes the new --lr)"
+                f"{unit} {step}: the {what}'s weights are no longer usable after the update ({name}: norm "
+                f"{norm.item()}, largest |w| {largest:.3g}); stopping. {_AFTER_NAN}"
             )
 
 
@@ -166,21 +198,50 @@ def save_checkpoint(
     step: int,
     extra: dict | None = None,
     settings: dict | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Write to a temp dir, then rename over the old checkpoint: a kill mid-save keeps the last good one. The
-    run's `settings` go with it, so a resume with other settings can say what changed."""
+    """Write to a temp dir, flush it to disk, then swap it in for the old checkpoint in one step: a kill at any
+    point keeps the last good one. The run's `settings` go with it, so a resume with other settings can say what
+    changed.
+
+    Nothing that loading would unpickle is ours: the model weights are safetensors, `extra` (counters, β) goes to
+    trainer_state.json and `tensors` ({name: state dict}: an EMA, a value head) to NAME.safetensors. Only
+    accelerate's optimizer, scheduler and RNG state are pickles, and it loads those with weights_only=True."""
     out_dir = Path(out_dir)
     final, tmp = out_dir / CHECKPOINT_DIR, out_dir / f".{CHECKPOINT_DIR}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a run killed mid-save
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)  # internal resume state
-    if accelerator.is_main_process:
-        state = {"step": step, **(extra or {}), **({"settings": settings} if settings is not None else {})}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, ensure_ascii=False, indent=2))
-        replace_dir(tmp, final)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            for name, state in (tensors or {}).items():
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    str(tmp / f"{name}.safetensors"),
+                )
+            state = {
+                "step": step,
+                **(extra or {}),
+                **({"settings": settings} if settings is not None else {}),
+            }
+            (tmp / "trainer_state.json").write_text(json.dumps(state, ensure_ascii=False, indent=2))
+            fsync_tree(tmp)
+            swap_dirs(tmp, final)
+    except (OSError, RuntimeError, SafetensorError) as err:  # a full disk, a failing device
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingError(
+            f"step {step}: writing the checkpoint to {final} failed ({_one_line(err)}); the checkpoint before it "
+            "is kept. Free space (or fix the disk), then run again with --resume"
+        ) from err
     accelerator.wait_for_everyone()
+
+
+class CheckpointError(TrainingError, UsageError):
+    """A checkpoint that cannot be resumed from (damaged, pickled by someone else, or no longer fitting the run's
+    settings): the user decides what to do with it, so the CLI exits 2."""
 
 
 def load_checkpoint(
@@ -191,12 +252,32 @@ def load_checkpoint(
     The learning rates are this run's: given the `scheduler`, a run resumed with a new --lr (say, after a NaN)
     continues the schedule from the checkpoint's step with the new peak, instead of the checkpoint's. Given this
     run's `settings`, those that differ from the checkpoint's are named, and returned under "changed" ({name:
-    the checkpoint's value}) for the saved model to record; a checkpoint they no longer fit is refused."""
+    the checkpoint's value}) for the saved model to record; a checkpoint they no longer fit is refused. The
+    `tensors` it was saved with come back under "tensors" ({name: state dict})."""
     ckpt = Path(out_dir) / CHECKPOINT_DIR
+    recover_dir(ckpt)
     if not (ckpt / "trainer_state.json").exists():
         console.print(f"[resume] no checkpoint in {out_dir}: training from the start")
         return None
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    start_over = f"Delete {ckpt} to train this stage from its start"
+    # A pickle runs whatever code it holds when loaded: accelerate's own (RNG state) it loads with weights_only
+    # =True; any other is refused unread (older rlhfkit versions pickled the PPO state as custom_checkpoint_N.pkl).
+    pickles = sorted(p.name for p in ckpt.glob("*.pkl") if not p.name.startswith("random_states_"))
+    if pickles:
+        raise CheckpointError(
+            f"{ckpt}: holds {', '.join(pickles)}, pickled state that rlhfkit no longer writes (an older version's, "
+            f"or put there by someone else); loading a pickle can run any code in it, so it is not loaded. {start_over}"
+        )
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        tensors = {p.stem: load_file(str(p)) for p in sorted(ckpt.glob("*.safetensors")) if p.stem != "model"}
+        tensors = {
+            k: v for k, v in tensors.items() if not k.startswith("model_")
+        }  # accelerate's extra models
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(
+            f"{ckpt}: cannot be read ({_one_line(err)}); it is damaged. {start_over}"
+        ) from None
     before = state.get("settings")
     changed = {k: before[k] for k in settings or {} if k in (before or {}) and before[k] != settings[k]}
     listed = ", ".join(f"{k} {v!r} (now {settings[k]!r})" for k, v in changed.items())
@@ -206,15 +287,27 @@ def load_checkpoint(
         accelerator.load_state(str(ckpt))
     except (ValueError, RuntimeError) as err:  # torch: other parameter groups, missing keys, other shapes
         if changed:
-            raise TrainingError(
+            raise CheckpointError(
                 f"{ckpt}: it was written with {listed}, and does not fit a run with these settings. Resume with "
                 f"the settings it was written with, or delete {ckpt} to train this stage from its start"
             ) from None
-        if "parameter group" not in str(err):
-            raise
-        raise TrainingError(
-            f"{ckpt}: its optimizer state does not fit this run's optimizer ({err}); it was written by another "
-            f"rlhfkit version or with other trainable parameters. Delete {ckpt} to train this stage from its start"
+        if "parameter group" in str(err):
+            raise CheckpointError(
+                f"{ckpt}: its optimizer state does not fit this run's optimizer ({err}); it was written by another "
+                f"rlhfkit version or with other trainable parameters. {start_over}"
+            ) from None
+        raise CheckpointError(
+            f"{ckpt}: does not fit this run's models ({_one_line(err)}); it was written for another model. {start_over}"
+        ) from None
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    ) as err:  # truncated, garbage, a payload
+        raise CheckpointError(
+            f"{ckpt}: cannot be loaded ({_one_line(err)}); it is damaged, or holds more than tensors (weights_only "
+            f"refuses code). {start_over}"
         ) from None
     if changed:
         console.print(f"[resume] continuing {ckpt}, written with {listed}; the saved model records both")
@@ -226,7 +319,12 @@ def load_checkpoint(
         scheduler.base_lrs = configured
         for group, peak, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas):
             group["lr"] = peak * factor(scheduler.last_epoch)
-    return {**state, "changed": changed}
+    return {**state, "changed": changed, "tensors": tensors}
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def remove_checkpoint(out_dir: str | Path) -> None:
@@ -314,13 +412,15 @@ class Tracker:
         return self
 
     def _truncate_metrics_after(self, step: int) -> None:
-        """Rows logged after the checkpoint will be logged again by the resumed run."""
+        """Rows logged after the checkpoint will be logged again by the resumed run. A last line cut short by a
+        kill mid-write is dropped with a word; a bad line anywhere else is an error naming it."""
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.out_dir / name
             if path.exists():
-                lines = path.read_text(encoding="utf-8").splitlines()
-                kept = [line for line in lines if line and json.loads(line)["step"] <= step]
-                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                rows = read_rows(path, repair=True)
+                kept = [line for line, row in rows if row["step"] <= step]
+                with open_atomic(path) as f:
+                    f.write("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float], show: tuple[str, ...] = ()) -> None:
         """Record scalars for `step`; `show` picks the few that the progress bar displays."""
@@ -357,7 +457,34 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [row for _, row in read_rows(path)]
+
+
+def read_rows(path: Path, repair: bool = False) -> list[tuple[str, dict]]:
+    """(line, row) of a metrics.jsonl / samples.jsonl. A last line that is not whole JSON is what a kill
+    mid-write leaves: it is left out (said when `repair`, as the file is then rewritten without it)."""
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n")]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("no step")
+        except ValueError:
+            if all(not rest.strip() for rest in lines[number:]):  # the last line: cut short by a kill
+                if repair:
+                    console.print(
+                        f"[resume] {path}:{number}: dropped a partial last line (a run killed mid-write)"
+                    )
+                break
+            raise UsageError(
+                f"{path}:{number}: not a metrics row ({line[:60]!r}); the file was edited or damaged. Fix or "
+                f"delete that line (or the file, losing the curve) and run again"
+            ) from None
+        rows.append((line, row))
+    return rows
 
 
 def batch_indices(n_items: int, batch_size: int, batch_number: int, seed: int) -> list[int]:

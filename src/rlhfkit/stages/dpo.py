@@ -28,11 +28,12 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
 from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    check_weights,
     clip_gradients,
     console,
     cosine_schedule,
@@ -111,8 +112,10 @@ def run(cfg: DPOConfig):
                 tracker.log(done, metrics, show=("loss", "reward_accuracy"))
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+                check_weights(accelerator.unwrap_model(policy), done, "policy")
                 save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
+    check_weights(accelerator.unwrap_model(policy), steps, "policy")
     if accelerator.is_main_process:
         save_model(
             accelerator.unwrap_model(policy),
@@ -144,7 +147,7 @@ class EncodedRanking:
 
 def encode_rankings(cfg: DPOConfig, tokenizer) -> list[EncodedRanking]:
     """Every ranking of the file (the loader rejects, with file and line, a row whose responses all tie)."""
-    rankings, items, n_cut = [], list(load_preferences(cfg.data)), 0
+    rankings, items, n_cut = [], list(load_preferences(cfg.data, control_tokens(tokenizer))), 0
     check_conversations(tokenizer, items, f"dpo --data {cfg.data}")
     for item in items:
         prompt_ids = encode_prompt(tokenizer, item.context)

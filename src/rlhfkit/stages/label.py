@@ -18,37 +18,40 @@ import torch
 from rlhfkit.batching import encode_prompts
 from rlhfkit.config import LabelConfig
 from rlhfkit.data import write_jsonl
+from rlhfkit.errors import UsageError
 from rlhfkit.labelers import labeler_settings, simulated_labelers, write_settings
 from rlhfkit.modeling import check_vocab, for_inference, load_causal_lm
 from rlhfkit.rollout import decode_responses, sample
+from rlhfkit.rundir import check_out
 from rlhfkit.sources import WORLD, prompt_texts
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.training import console, seed_everything
 from rlhfkit.world import parse_prompt
 from rlhfkit.world.oracle import PANEL_SEEDS
 
 
 def run(cfg: LabelConfig) -> Path:
+    check_out(cfg.out, "label --out", is_file=True)  # before sampling, not after
     shared = sorted(set(range(cfg.seed, cfg.seed + cfg.n_labelers)) & set(PANEL_SEEDS))
     if shared:
-        raise ValueError(
+        raise UsageError(
             f"label --seed {cfg.seed}: its labelers {cfg.seed}..{cfg.seed + cfg.n_labelers - 1} would include "
             f"{shared}, people of the held-out evaluation panel ({PANEL_SEEDS.start}..{PANEL_SEEDS.stop - 1}), "
             "which would then judge its own rankings; pick a seed outside that range"
         )
     seed_everything(cfg.seed)
     # Each round samples K fresh answers for every prompt and gives them to the next labeler in turn.
-    base = prompt_texts(cfg.prompts, "rm")
+    tokenizer = load_tokenizer(cfg.model)
+    base = prompt_texts(cfg.prompts, "rm", control_tokens(tokenizer))
     if cfg.prompts != WORLD:
         foreign = [n for n, p in enumerate(base, start=1) if parse_prompt(p) is None]
         if foreign:
-            raise ValueError(
-                f"label --prompts {cfg.prompts}: prompt {foreign[0]} ({base[foreign[0] - 1][:40]!r}) and "
-                f"{len(foreign) - 1} more are not the embedded world's, and its simulated labelers can rank answers "
+            raise UsageError(
+                f"label --prompts {cfg.prompts}: {len(foreign)} of {len(base)} prompts (the first: prompt "
+                f"{foreign[0]}, {base[foreign[0] - 1][:40]!r}) are not the embedded world's, and its simulated labelers can rank answers "
                 "only to those. Rank your own answers (K-wise or pairwise JSONL) and give them to rlhfkit reward --data"
             )
     prompts = [p for _ in range(cfg.rounds) for p in base]
-    tokenizer = load_tokenizer(cfg.model)
     model = for_inference(load_causal_lm(cfg.model))
     check_vocab(model, tokenizer, f"label --model {cfg.model}")
     settings = labeler_settings(cfg)
@@ -92,8 +95,8 @@ def run(cfg: LabelConfig) -> Path:
                         "labeler": who,
                     }
                 )
-    n = write_jsonl(cfg.out, rows)
     write_settings(cfg.out, settings)
+    n = write_jsonl(cfg.out, rows)  # last: the comparisons file is what says the step is done
     console.print(
         f"[label] wrote {n} rankings of K={cfg.k} ({cfg.rounds} per prompt) to {cfg.out}"
         + (

@@ -19,6 +19,7 @@ from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    check_weights,
     clip_gradients,
     console,
     cosine_schedule,
@@ -93,9 +94,11 @@ def train_lm(
                 )
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < max_steps:
+                check_weights(accelerator.unwrap_model(model), done, "model")
                 save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
     final = accelerator.unwrap_model(model)
+    check_weights(final, max_steps, "model")
     if hasattr(final, "merge_and_unload"):  # LoRA: save a plain model every later stage can load
         final = final.merge_and_unload()
     final.config.use_cache = True

@@ -40,6 +40,7 @@ from torch import nn
 
 from rlhfkit.batching import NARROW_REWARD_STD, collate, encode_prompts, narrow_rewards, pack
 from rlhfkit.config import PPOConfig
+from rlhfkit.errors import UsageError
 from rlhfkit.losses import (
     entropy_from_logits,
     gae,
@@ -66,11 +67,12 @@ from rlhfkit.modeling import (
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, response_logprobs, sample
 from rlhfkit.sources import WORLD, pretrain_texts, prompt_texts
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    check_weights,
     clip_gradients,
     console,
     cosine_schedule,
@@ -100,9 +102,12 @@ def run(cfg: PPOConfig, reward_fn=None):
     prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
     policy, value_model, optimizer, scheduler, ema = prepare(cfg, accelerator, models)
     kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
+    own_state = checkpointed_modules(cfg, ema, value_model)
     start, changed = 0, {}
     if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
         start, changed, kl_ctl.value = state["step"], state["changed"], state["kl_coef"]
+        for name, module in own_state.items():
+            module.load_state_dict(state["tensors"][name])
         console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
 
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
@@ -126,7 +131,16 @@ def run(cfg: PPOConfig, reward_fn=None):
 
             # 3. rewards: −β·KL per token, the RM score at the last token
             kl = zero_masked(kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator), mask)  # (B, R)
-            check_finite(it + 1, accelerator, reward=scores.mean().item(), kl=kl.sum(1).mean().item())
+            check_finite(
+                it + 1,
+                accelerator,
+                "iteration",
+                **{
+                    "reward (reward model)": scores.mean().item(),
+                    "KL (policy to reference)": kl.sum(1).mean().item(),
+                    **({"values (value model)": old_values.mean().item()} if old_values is not None else {}),
+                },
+            )
             last = mask.sum(1).long() - 1  # (B,) index of EOS (or the last token)
             rewards = -kl_ctl.value * kl
             rewards[torch.arange(len(last)), last] += scores
@@ -148,6 +162,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                     mb_batch = minibatch(batch, mb)
                     w = mb_batch.response_mask.shape[1]  # response columns this minibatch uses
                     mb_mask = mask[mb, :w]
+                    v_loss = ptx_loss = None
                     with accelerator.autocast():
                         logprobs, logits = response_logprobs(
                             policy, mb_batch, cfg.temperature, return_logits=True
@@ -171,7 +186,7 @@ def run(cfg: PPOConfig, reward_fn=None):
                             )
                             loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
                             record(stats, ptx_loss=ptx_loss)
-                    check_finite(it + 1, accelerator, loss=loss.item())
+                    check_finite(it + 1, accelerator, "iteration", **named_losses(pg_loss, v_loss, ptx_loss))
                     accelerator.backward(loss)
                     clip_gradients(accelerator, optimizer_params(optimizer), cfg.max_grad_norm)
                     optimizer.step()
@@ -202,7 +217,9 @@ def run(cfg: PPOConfig, reward_fn=None):
                 log_samples(out, tracker, done, batch_prompts, texts, scores)
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
-                save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg))
+                check_models(accelerator, policy, value_model, done)
+                tensors = {name: module.state_dict() for name, module in own_state.items()}
+                save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg), tensors)
 
     return save_final(cfg, accelerator, policy, value_model, ema, tokenizer, stage, kl_ctl.value, changed)
 
@@ -238,21 +255,21 @@ def advantages_and_returns(
 def check_settings(cfg: PPOConfig) -> None:
     """What `config.LIMITS` cannot say about PPO's settings, since it takes them one at a time."""
     if cfg.algo == "rloo" and cfg.batch_size % cfg.rloo_k:
-        raise ValueError(
+        raise UsageError(
             f"ppo --algo rloo: --batch-size {cfg.batch_size} must be a multiple of --rloo-k {cfg.rloo_k} (≥ 2): "
             "each prompt is sampled rloo_k times"
         )
     if cfg.grad_accum != 1:
-        raise ValueError(
+        raise UsageError(
             f"ppo --grad-accum {cfg.grad_accum}: PPO takes one optimizer step per minibatch; "
             "set --mini-batch-size (episodes per step) instead"
         )
     if cfg.temperature <= 0:
-        raise ValueError(
+        raise UsageError(
             f"ppo --temperature {cfg.temperature}: PPO needs the sampling distribution's log-probabilities; use > 0"
         )
     if cfg.lora_r > 0 and cfg.ref_policy:
-        raise ValueError(
+        raise UsageError(
             f"ppo --lora-r {cfg.lora_r} --ref-policy {cfg.ref_policy}: with LoRA the reference is the policy with "
             "its adapters off (no second model is loaded); leave out --ref-policy, or train without --lora-r"
         )
@@ -303,7 +320,7 @@ def build_models(cfg: PPOConfig, reward_fn, device) -> Models:
 
 def load_data(cfg: PPOConfig, tokenizer) -> tuple[list, list | None]:
     """The RL prompts, and the pretraining text of the ptx term in blocks of max_len tokens (None for plain PPO)."""
-    prompts = prompt_texts(cfg.prompts, "rl")
+    prompts = prompt_texts(cfg.prompts, "rl", control_tokens(tokenizer))
     ptx_blocks = None
     if cfg.ptx_coef > 0:
         ptx_blocks = pack(
@@ -345,19 +362,22 @@ def prepare(cfg: PPOConfig, accelerator, models: Models):
     else:
         if value_model is not None and accelerator.num_processes > 1:
             # its trunk would run outside the DDP-wrapped policy, whose gradients would then not be synchronised
-            raise ValueError(
+            raise UsageError(
                 "ppo --shared-trunk runs in one process only; drop it (a separate value model) to launch several"
             )
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
         value_model = value_model.to(accelerator.device) if value_model is not None else None
-    # β goes into the checkpoint's trainer_state.json (`save_checkpoint`'s extra); the tensors through accelerate.
     # The EMA is built from the prepared policy, so that its shadow weights live where the policy's do (the GPU).
     ema = EMA(accelerator.unwrap_model(policy), cfg.ema_decay) if cfg.ema_decay > 0 else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    if cfg.shared_trunk and value_model is not None:
-        accelerator.register_for_checkpointing(value_model)
     return policy, value_model, optimizer, scheduler, ema
+
+
+def checkpointed_modules(cfg: PPOConfig, ema, value_model) -> dict[str, nn.Module]:
+    """What a checkpoint holds besides accelerate's prepared models and optimizer: the EMA and a shared-trunk
+    value head, saved as NAME.safetensors (`save_checkpoint`'s tensors); β goes to trainer_state.json (its extra).
+    Never as pickles: accelerate's register_for_checkpointing pickles them, and loads them with weights_only=False."""
+    modules = {"ema": ema, "value_head": value_model if cfg.shared_trunk else None}
+    return {name: module for name, module in modules.items() if module is not None}
 
 
 def make_value_model(cfg: PPOConfig, policy, tokenizer):
@@ -504,8 +524,17 @@ def save_final(
         )
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()
+    check_models(accelerator, final, value_model, cfg.iterations)
     out = Path(cfg.out)
     if accelerator.is_main_process:
+        if value_model is not None and not cfg.shared_trunk:  # first: the policy's save marks the stage done
+            save_model(
+                accelerator.unwrap_model(value_model).model,
+                None,
+                out / "value_model",
+                stage="value",
+                complete=True,
+            )
         save_model(
             final,
             tokenizer,
@@ -519,17 +548,26 @@ def save_final(
             algo=cfg.algo,
             **provenance(cfg, changed),
         )
-        if value_model is not None and not cfg.shared_trunk:
-            save_model(
-                accelerator.unwrap_model(value_model).model,
-                None,
-                out / "value_model",
-                stage="value",
-                complete=True,
-            )
         remove_checkpoint(out)
     accelerator.wait_for_everyone()
     return final
+
+
+def named_losses(pg_loss, v_loss, ptx_loss) -> dict[str, float]:
+    """The terms of a minibatch's loss, each named with the model it comes from (for `check_finite`)."""
+    named = {
+        "policy loss (policy)": pg_loss,
+        "value loss (value model)": v_loss,
+        "ptx loss (policy on the pretraining text)": ptx_loss,
+    }
+    return {name: value.item() for name, value in named.items() if value is not None}
+
+
+def check_models(accelerator, policy, value_model, iteration: int) -> None:
+    """The weights of the trained models after the last update, before they are saved (`check_weights`)."""
+    check_weights(accelerator.unwrap_model(policy), iteration, "policy", "iteration")
+    if value_model is not None:
+        check_weights(accelerator.unwrap_model(value_model), iteration, "value model", "iteration")
 
 
 def optimizer_params(optimizer):

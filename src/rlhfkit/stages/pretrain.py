@@ -15,7 +15,7 @@ from rlhfkit.config import PretrainConfig
 from rlhfkit.modeling import ModelSize, build_default_model, check_vocab, load_causal_lm
 from rlhfkit.sources import pretrain_texts
 from rlhfkit.stages.lm import train_lm
-from rlhfkit.tokenizer import load_tokenizer, train_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer, train_tokenizer
 from rlhfkit.training import console, finished_earlier
 
 
@@ -36,7 +36,9 @@ def run(cfg: PretrainConfig):
         model = build_default_model(
             len(tokenizer), size, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.seed
         )
-    check_vocab(model, tokenizer, f"pretrain --model {cfg.model}")
+    # a --tokenizer that is not the --model's own would feed it other words under the same ids
+    check_vocab(model, tokenizer, f"pretrain --model {cfg.model}", cfg.model if cfg.tokenizer else None)
+    say_control_tokens(texts, tokenizer, cfg.data)
     blocks = pack(texts, tokenizer, cfg.max_len, f"pretrain --data {cfg.data}")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(
@@ -49,3 +51,17 @@ def run(cfg: PretrainConfig):
 
 def load_texts(cfg: PretrainConfig) -> list[str]:
     return pretrain_texts(cfg.data, cfg.world_docs)
+
+
+def say_control_tokens(texts: list[str], tokenizer, source: str) -> None:
+    """Raw text may spell a control token on purpose (`<|endoftext|>` between documents of a web dump): it is
+    read as that token. Say how many documents do, since an accidental one changes what is learned."""
+    tokens = [t for t in control_tokens(tokenizer) if t]
+    counts = {t: sum(t in text for text in texts) for t in tokens}
+    found = {t: n for t, n in counts.items() if n}
+    if found:
+        listed = ", ".join(f"{t!r} in {n}" for t, n in found.items())
+        console.print(
+            f"[pretrain] {source}: {listed} of {len(texts)} documents: each is read as that control token, not as "
+            "text (remove them from the data if they are not meant as one)"
+        )

@@ -21,7 +21,6 @@ measured over all the answers ranked (`centre_on_demonstrations`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import replace
@@ -40,6 +39,7 @@ from rlhfkit.batching import (
 )
 from rlhfkit.config import RewardConfig
 from rlhfkit.data import DataError, Ranked, load_preferences, load_sft
+from rlhfkit.errors import UsageError
 from rlhfkit.labelers import default_settings, read_settings, simulated_labelers
 from rlhfkit.losses import ranking_accuracy, ranking_loss
 from rlhfkit.modeling import (
@@ -50,12 +50,14 @@ from rlhfkit.modeling import (
     read_meta,
     save_model,
 )
+from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD
-from rlhfkit.tokenizer import load_tokenizer
+from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
     check_finite,
+    check_weights,
     clip_gradients,
     console,
     cosine_schedule,
@@ -88,9 +90,17 @@ def run(cfg: RewardConfig):
     if finished_earlier(cfg, "reward"):
         return None
     seed_everything(cfg.seed)
-    items = load_comparisons(cfg)
+    tokenizer = load_tokenizer(cfg.model)
+    items = load_comparisons(cfg, control_tokens(tokenizer))
     train_items, val_items = split_by_prompt(items, cfg.val_fraction, cfg.seed)
-    demos = load_demonstrations(cfg, train_items)  # before training: a bad file must not cost a trained model
+    if not val_items:
+        console.print(
+            f"[reward] warning: --val-fraction {cfg.val_fraction} of {len({i.prompt for i in items})} prompts "
+            "holds out none, so no validation accuracy will be measured; give more rankings or a larger "
+            "--val-fraction"
+        )
+    # before training: a bad file must not cost a trained model
+    demos = load_demonstrations(cfg, train_items, control_tokens(tokenizer))
     elements = train_items if cfg.kwise else as_independent_pairs(train_items, cfg.seed)
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(elements) / (cfg.batch_size * cfg.grad_accum))
     console.print(
@@ -99,7 +109,6 @@ def run(cfg: RewardConfig):
         f"{'K-wise elements' if cfg.kwise else 'independent pairs'}, {steps} steps"
     )
 
-    tokenizer = load_tokenizer(cfg.model)
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
     check_conversations(tokenizer, items, f"reward --data {cfg.data}")
@@ -157,14 +166,18 @@ def run(cfg: RewardConfig):
                 tracker.log(done, metrics, show=("loss", "accuracy", "val_accuracy"))
             tracker.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+                check_weights(accelerator.unwrap_model(model), done, "reward model")
                 save_checkpoint(accelerator, out, done, settings=settings_of(cfg))
 
     final = accelerator.unwrap_model(model).model.eval()
+    check_weights(final, steps, "reward model")
     bias, scale = centre_on_demonstrations(final, tokenizer, cfg, train_items, demos)
     final.config.reward_bias, final.config.reward_std = bias, scale
     if scale < NARROW_REWARD_STD:
         console.print(f"[reward] warning: {narrow_rewards(scale)}")
     if accelerator.is_main_process:
+        report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
+        write_json(out / "eval.json", report)  # before the model: its save marks the stage done
         save_model(
             final,
             tokenizer,
@@ -179,8 +192,6 @@ def run(cfg: RewardConfig):
             **provenance(cfg, changed),
         )
         remove_checkpoint(out)
-        report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
-        (out / "eval.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
         print_report(report, cfg, len(items))
     return final
 
@@ -189,14 +200,14 @@ def run(cfg: RewardConfig):
 # Data
 
 
-def load_comparisons(cfg: RewardConfig) -> list[Ranked]:
+def load_comparisons(cfg: RewardConfig, control_tokens: list[str] | tuple = ()) -> list[Ranked]:
     """The rankings of --data. Writing them is `label`'s job, and running label then reward the pipeline's."""
     if cfg.data == WORLD:
-        raise ValueError(
+        raise UsageError(
             "reward --data world: the reward model trains on a comparisons file; write one with `rlhfkit label "
             "--model SFT_DIR --out FILE.jsonl` and give --data FILE.jsonl (`rlhfkit pipeline` runs both)"
         )
-    return list(load_preferences(cfg.data))
+    return list(load_preferences(cfg.data, control_tokens))
 
 
 def split_by_prompt(items: list[Ranked], val_fraction: float, seed: int) -> tuple[list[Ranked], list[Ranked]]:
@@ -276,7 +287,9 @@ def accuracy(
 Demo = tuple[str | list[dict], str, bool]  # (prompt or conversation, completion, ended)
 
 
-def load_demonstrations(cfg: RewardConfig, items: list[Ranked]) -> list[Demo] | None:
+def load_demonstrations(
+    cfg: RewardConfig, items: list[Ranked], control_tokens: list[str] | tuple = ()
+) -> list[Demo] | None:
     """The demonstrations the reward is centred on, read before any training step so that a bad
     --demonstrations FILE stops the run at once: the embedded world's ('world'), the rows of FILE, or None when
     there are none ('') or the comparisons are not the world's (their best-ranked answers stand in, see
@@ -285,7 +298,7 @@ def load_demonstrations(cfg: RewardConfig, items: list[Ranked]) -> list[Demo] | 
         return None
     if cfg.demonstrations != WORLD:
         try:
-            rows = load_sft(cfg.demonstrations)
+            rows = load_sft(cfg.demonstrations, control_tokens)
         except DataError as err:
             raise DataError(f"reward --demonstrations {cfg.demonstrations}: {err}") from None
         return [(row.messages[:-1] if row.messages else row.prompt, row.completion, True) for row in rows]

@@ -17,10 +17,11 @@ from peft import LoraConfig, get_peft_model
 
 from rlhfkit.batching import LMExample
 from rlhfkit.config import SFTConfig
+from rlhfkit.errors import UsageError
 from rlhfkit.modeling import check_vocab, load_causal_lm
 from rlhfkit.sources import demonstrations
 from rlhfkit.stages.lm import train_lm
-from rlhfkit.tokenizer import format_messages, format_prompt, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, format_messages, format_prompt, load_tokenizer
 from rlhfkit.training import console, finished_earlier, seed_everything
 
 
@@ -30,7 +31,8 @@ def run(cfg: SFTConfig):
     tokenizer = load_tokenizer(cfg.model)
     model = load_causal_lm(cfg.model)
     check_vocab(model, tokenizer, f"sft --model {cfg.model}")
-    examples = build_examples(demonstrations(cfg.data), tokenizer, cfg.max_len, f"sft --data {cfg.data}")
+    demos = demonstrations(cfg.data, control_tokens(tokenizer))
+    examples = build_examples(demos, tokenizer, cfg.max_len, f"sft --data {cfg.data}")
     if cfg.lora_r > 0:
         seed_everything(cfg.seed)  # the adapters' random initialisation is part of the run
         model = add_lora(model, cfg)
@@ -41,7 +43,7 @@ def run(cfg: SFTConfig):
 
 def build_examples(demos, tokenizer, max_len: int, source: str = "sft") -> list[LMExample]:
     """Tokenize context and answer separately (as at sampling time) and mask the context's labels."""
-    examples = []
+    examples, n_cut = [], 0
     for number, demo in enumerate(demos, start=1):
         if isinstance(demo, tuple):
             context, answer = format_prompt(tokenizer, demo[0]), demo[1]
@@ -50,14 +52,21 @@ def build_examples(demos, tokenizer, max_len: int, source: str = "sft") -> list[
             context, answer = format_messages(tokenizer, demo)
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        n_cut += len(context_ids) + len(answer_ids) > max_len
         ids = (context_ids + answer_ids)[:max_len]
         labels = ([-100] * len(context_ids) + answer_ids)[:max_len]
         if all(label == -100 for label in labels):
-            raise ValueError(
+            raise UsageError(
                 f"{source}: demonstration {number}: its prompt alone fills max_len={max_len} tokens, leaving "
                 "nothing to learn; raise --max-len or shorten the prompt"
             )
         examples.append(LMExample(ids, labels))
+    if n_cut:
+        console.print(
+            f"[sft] warning: {source}: {n_cut} of {len(examples)} demonstrations are longer than --max-len "
+            f"{max_len} tokens with their prompt; they are cut to their first {max_len} (the rest of the answer, "
+            "and its EOS, is not learned)"
+        )
     return examples
 
 
