@@ -170,6 +170,20 @@ def test_resuming_a_finished_run_does_nothing(tiny_run, capsys):
     assert report.stat().st_mtime_ns == before and (tiny_run / "timings.json").read_text() == timings
 
 
+def test_a_damaged_steps_json_is_read_as_missing_with_a_word(tiny_run, capsys):
+    steps = tiny_run / "steps.json"
+    whole = json.loads(steps.read_text())
+    steps.write_text(steps.read_text()[:100])  # what a disk that filled up mid-write could leave
+    capsys.readouterr()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tiny_run), "--resume"]) == 0
+    console = console_text(capsys)
+    assert f"{steps} is damaged (not a JSON object): read as missing, and written again" in console
+    assert "eval: finished earlier, skipped" in console  # nothing rebuilt
+    assert {k: v["fingerprint"] for k, v in json.loads(steps.read_text()).items()} == {
+        k: v["fingerprint"] for k, v in whole.items()
+    }
+
+
 def test_print_config_shows_every_step(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--print-config"]) == 0

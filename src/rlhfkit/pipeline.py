@@ -224,8 +224,9 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         built[name] = {**prints[name], "complete": complete}
         write_atomic(built_path, json.dumps(built, indent=2, default=str))
 
-    def step(name: str, done: bool, action) -> bool:
-        """Run `action` unless --resume finds the step finished with these settings; True if it ran."""
+    def step(name: str, done: bool, action, finish=None) -> bool:
+        """Run `action` unless --resume finds the step finished with these settings; True if it ran. The step is
+        recorded finished last, after its time and `finish()`: a kill before that runs it again."""
         new, old = prints.get(name), built.get(name)
         if cfg.resume and new and old and old["fingerprint"] != new["fingerprint"]:
             console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
@@ -244,10 +245,12 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         if new:  # recorded before it runs: an interrupted step resumes only with the same settings
             record(name, complete=False)
         action()
-        if new:
-            record(name, complete=True)
         timings[name] = round(time.time() - start, 2)
         write_atomic(timings_path, json.dumps(timings, indent=2))
+        if finish is not None:
+            finish()
+        if new:
+            record(name, complete=True)
         return True
 
     corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
@@ -280,11 +283,16 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     # The report stands while nothing it judges was (re)built: a finished run resumed does nothing.
     evaluated = (out / "eval" / "report.json").exists() and not any(ran)
     report = json.loads((out / "eval" / "report.json").read_text()) if evaluated else None
-    if step("eval", evaluated, lambda: evaluate(steps["eval"])):
+
+    def add_timings() -> None:
+        """The report with every step's wall time: part of the eval step, so a kill here runs it again."""
+        nonlocal report
         report = json.loads((out / "eval" / "report.json").read_text())
         report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
         write_markdown(report, out / "eval" / "report.md", timings)
         write_atomic(out / "eval" / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
+
+    step("eval", evaluated, lambda: evaluate(steps["eval"]), finish=add_timings)
     total, now = sum(timings.values()), time.time() - began
     took = (
         f"{now:.0f} s" if not cfg.resume else f"{now:.0f} s ({total:.0f} s of steps, earlier runs' included)"

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import pickle
@@ -55,6 +56,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*shared tensor.*")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # a checkpoint's safetensors keep one of two tied tensors (embeddings, LM head); loading ties them again
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def seed_everything(seed: int) -> None:
@@ -285,7 +288,16 @@ def load_checkpoint(
     configured = list(scheduler.base_lrs) if scheduler is not None else None
     try:
         accelerator.load_state(str(ckpt))
-    except (ValueError, RuntimeError) as err:  # torch: other parameter groups, missing keys, other shapes
+    except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        # torch: other parameter groups, missing keys, other shapes — or a truncated file, garbage, a payload
+        fits = not any(
+            s in str(err) for s in ("size mismatch", "Missing key", "Unexpected key", "parameter group")
+        )
+        if fits or isinstance(err, (OSError, EOFError, pickle.UnpicklingError, SafetensorError)):
+            raise CheckpointError(
+                f"{ckpt}: cannot be loaded ({_one_line(err)}); it is damaged, or holds more than tensors "
+                f"(weights_only refuses code). {start_over}"
+            ) from None
         if changed:
             raise CheckpointError(
                 f"{ckpt}: it was written with {listed}, and does not fit a run with these settings. Resume with "
@@ -298,16 +310,6 @@ def load_checkpoint(
             ) from None
         raise CheckpointError(
             f"{ckpt}: does not fit this run's models ({_one_line(err)}); it was written for another model. {start_over}"
-        ) from None
-    except (
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-        SafetensorError,
-    ) as err:  # truncated, garbage, a payload
-        raise CheckpointError(
-            f"{ckpt}: cannot be loaded ({_one_line(err)}); it is damaged, or holds more than tensors (weights_only "
-            f"refuses code). {start_over}"
         ) from None
     if changed:
         console.print(f"[resume] continuing {ckpt}, written with {listed}; the saved model records both")
