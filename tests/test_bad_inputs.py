@@ -11,7 +11,7 @@ Most cases fail in validation before any model loads; those that need one share 
 | stage | cases |
 |---|---|
 | pretrain | 35 |
-| sft | 35 |
+| sft | 36 |
 | label | 12 |
 | reward | 30 |
 | ppo | 25 |
@@ -20,7 +20,7 @@ Most cases fail in validation before any model loads; those that need one share 
 | generate / score | 8 |
 | pipeline | 19 |
 | world export | 2 |
-| **all** | **189** |
+| **all** | **190** |
 """
 
 from __future__ import annotations
@@ -386,6 +386,16 @@ CASES += [
         ["is a reward model (LlamaForSequenceClassification), not a language model"],
     ),
 ]
+
+CASES.append(
+    Case(
+        "sft",
+        "a damaged rlhfkit.json in the --out it resumes",
+        ["sft", "--model", "{gpt}", "--out", "{tmp}/o", "--resume"],
+        ["{tmp}/o/rlhfkit.json: not valid JSON"],
+        files={"o/rlhfkit.json": '{"complete": tr'},
+    )
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # label

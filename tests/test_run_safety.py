@@ -112,6 +112,20 @@ def test_a_save_replaces_the_model_whole_and_keeps_the_logs(tiny_gpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]  # no temp dir left beside it
 
 
+def test_a_swap_cut_between_its_two_renames_is_undone(tmp_path, monkeypatch):
+    import rlhfkit.rundir as rundir
+
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)  # a system without renameat2
+    new, dst = tmp_path / ".stage.new", tmp_path / "stage"
+    for folder, text in ((new, "new"), (dst, "old")):
+        folder.mkdir()
+        (folder / "rlhfkit.json").write_text(json.dumps({"which": text}))
+    rundir.swap_dirs(new, dst)
+    assert read_meta(dst) == {"which": "new"} and sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+    os.replace(dst, tmp_path / ".stage.old")  # killed after the first rename of the next swap
+    assert read_meta(dst) == {"which": "new"}  # moved back before it is read
+
+
 def test_a_full_disk_at_the_final_save_leaves_the_directory_as_it_was(
     tiny_gpt, tmp_path, monkeypatch, capsys
 ):

@@ -34,7 +34,7 @@ from transformers import (
 
 from rlhfkit.console import console
 from rlhfkit.errors import RunError, UsageError
-from rlhfkit.rundir import fsync_tree, swap_dirs
+from rlhfkit.rundir import fsync_tree, recover_dir, swap_dirs
 
 RLHFKIT_META = "rlhfkit.json"  # which stage wrote a directory, and whether it is a chat model
 
@@ -296,6 +296,7 @@ def save_model(
             f"{out_dir} holds the current directory, and saving a model replaces its directory whole: give the "
             "stage an --out of its own (e.g. --out runs/sft)"
         )
+    recover_dir(out_dir)
     new = out_dir.with_name(f".{out_dir.name}.new")
     try:
         shutil.rmtree(new, ignore_errors=True)  # left over from a save killed midway
@@ -364,8 +365,17 @@ def _link_or_copy(src, dst) -> None:
 
 def read_meta(path: str | Path) -> dict:
     """What rlhfkit recorded about a model directory ({} for a directory it did not write)."""
+    recover_dir(Path(path))  # a swap a kill cut between its two renames, where renameat2 is missing
     meta = Path(path) / RLHFKIT_META
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    if not meta.exists():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except ValueError:
+        raise UsageError(
+            f"{meta}: not valid JSON; it is damaged. Delete it (the stage is then trained again: the pipeline's "
+            "--resume does it), or restore it"
+        ) from None
 
 
 def is_chat_model(path: str | Path) -> bool:
