@@ -4,11 +4,17 @@
     config, data, tokenizer, modeling, losses, training  <  batching  <  fast_sampler  <  rollout  <  report, evaluate
     <  stages (pretrain, sft, label, reward, ppo, dpo; lm is the loop pretrain and sft share)  <  pipeline  <  cli
 
+The label server (labelserver/) sits beside them: its storage and export (db, settings, export, labels) below
+evaluate, which reads people's verdicts (`eval --human`); the pages (app) on those alone, without torch; `tasks`
+(which samples models) above rollout and evaluate.
+
 No import cycle, no stage importing another stage, nothing below the stages importing one, and the trainers
 reaching the embedded world only through `sources`.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,11 +121,21 @@ def test_the_trainers_reach_the_world_only_through_sources():
     assert "rlhfkit.sources" in GRAPH["rlhfkit.stages.ppo"]
 
 
+COMMAND_LINES = {"rlhfkit.cli", "rlhfkit.labelserver.cli"}
+
+
 def test_imports_are_at_the_top():
-    """cli alone imports a command's modules in the function that runs it, so that `rlhfkit --help` stays fast."""
+    """The command lines alone import a command's modules in the function that runs it, so that `rlhfkit --help`
+    stays fast and `rlhfkit label-server` serves its pages without loading torch."""
     inside = {
         name: sorted(m for m, in_function in imports_of(path) if in_function)
         for name, path in MODULES.items()
-        if name != "rlhfkit.cli"
+        if name not in COMMAND_LINES
     }
     assert not {name: found for name, found in inside.items() if found}
+
+
+def test_the_label_server_serves_without_torch():
+    pages = "import sys, rlhfkit.labelserver.app, rlhfkit.labelserver.cli; print('torch' in sys.modules)"
+    ran = subprocess.run([sys.executable, "-c", pages], capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == "False"

@@ -113,15 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pretraining documents (default 20000; held-out text avoids them)",
     )
+    from rlhfkit.labelserver.cli import add_parser as add_label_server
+
+    add_label_server(sub)
     debug_help = "print the traceback of an error (also RLHFKIT_DEBUG=1)"
     parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in (*sub.choices.values(), export):
+    for command in _commands(sub):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("RLHFKIT_DEBUG", "") not in ("", "0")
-    from rlhfkit.training import quiet_libraries
+    if args.command != "label-server":  # a web server: no torch to load (its `tasks add` quiets them itself)
+        from rlhfkit.training import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
     try:
         _dispatch(args, argv)
     except KeyboardInterrupt:
@@ -162,6 +166,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> None:
             pipeline.run(cfg, sections)
     elif args.command == "score":
         _score(C.from_args(C.ScoreArgs, args))
+    elif args.command == "label-server":
+        from rlhfkit.labelserver.cli import main as label_server
+
+        label_server(args, command)  # it locks what it writes (export's --out; the database is SQLite's)
     elif args.command == "world":
         from rlhfkit.world import export_world
 
@@ -177,6 +185,17 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> None:
             counts = export_world(args.out, seed=args.seed, **docs)
         for name, n in counts.items():
             print(f"{args.out}/{name}: {n} rows")
+
+
+def _commands(sub) -> list[argparse.ArgumentParser]:
+    """Every command's parser, the verbs of a command with verbs too (`label-server tasks add`)."""
+    found = []
+    for parser in sub.choices.values():
+        found.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += _commands(action)
+    return found
 
 
 def _lock(locked, out: str | None, command: str, **kind):

@@ -369,6 +369,11 @@ class EvalConfig(Settings):
     )
     reward_model: str | None = arg(None, "reward model that picks the best of n")
     seed: int = arg(0, "sampling seed (the same for every model)")
+    human: str | None = arg(
+        None,
+        "a label-server database (labels.sqlite): report people's blind A/B verdicts of its compare task sets "
+        "as win rates with the panel's bootstrap intervals, instead of sampling and judging",
+    )
 
 
 @dataclass

@@ -12,6 +12,7 @@ Formats (one JSON object per line, UTF-8; TRL's conventions so users can bring e
                                                                                   "prompt" optional
                  any of them + "ended": [bool x K], [chosen, rejected] for pairs  false = cut off before EOS
     prompts      {"prompt": str, ...}   or   {"messages": [...]}                  extra fields kept in `meta`
+    responses    {"prompt": str, "responses": [str x K], "ended": [bool x K]?}     unranked, for people to rank
 
 `.jsonl` / `.json` files are read here line by line; `.parquet`, `.csv`, `.tsv`, `.arrow` files and
 directories written by `datasets.save_to_disk` go through the `datasets` library and hold the same columns.
@@ -159,6 +160,12 @@ def load_prompts(path: str | Path, control_tokens: Iterable[str] = ()) -> Loaded
             f"{cut[0] + 1}): each is answered from that turn, the turns after it left out"
         )
     return rows
+
+
+def load_responses(path: str | Path, control_tokens: Iterable[str] = ()) -> Loaded[Ranked]:
+    """K answers to a prompt for people to rank (`rlhfkit label-server tasks add --kind rank --responses`): rows
+    {"prompt", "responses"[, "ended"]}, checked as preference rows are, without a ranking (`ranks` all 1)."""
+    return _load(path, _parse_responses, '{"prompt": "...", "responses": ["...", "..."]}', control_tokens)
 
 
 def read_records(path: str | Path, *, blank_lines: list[int] | None = None) -> Iterator[tuple[str, dict]]:
@@ -487,6 +494,22 @@ def _parse_kwise(location: str, record: dict) -> Ranked:
                 'Give identical answers the same rank (a tie, with "ranks"), or keep only one of them',
             )
     return Ranked(prompt, responses, ranks, prompt_messages=prompt_turns, ended=ended)
+
+
+def _parse_responses(location: str, record: dict) -> Ranked:
+    prompt, prompt_turns = _prompt(location, record)
+    responses = _list(location, "responses", _field(location, record, "responses"))
+    if len(responses) < 2:
+        raise _error(
+            location,
+            "responses",
+            f"has {len(responses)} response(s), a ranking needs K >= 2",
+            "Give at least two responses to rank",
+        )
+    sampled = _has(record, "ended")  # as in K-wise rows: sampled answers may be empty
+    texts = [_text(location, f"responses[{i}]", r, allow_empty=sampled) for i, r in enumerate(responses)]
+    ended = _ended(location, record, len(texts))
+    return Ranked(prompt, texts, [1] * len(texts), prompt_messages=prompt_turns, ended=ended)
 
 
 def _parse_pairwise(location: str, record: dict) -> Ranked:

@@ -3,7 +3,8 @@ to the same held-out prompts, judged by the held-out panel; gold score, KL to SF
 
 The panel is a set of simulated labelers with seeds no training step ever used, so a model is never graded by the
 labelers its reward model learned from (InstructGPT's held-out labelers). The reward model's own evaluation is
-the reward stage's (reward/eval.json).
+the reward stage's (reward/eval.json). With `--human labels.sqlite` the verdicts are people's instead, the blind
+A/B comparisons collected by the label server (`human_win_rates`): nothing is sampled or judged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rlhfkit.config import EvalConfig
 from rlhfkit.console import console
 from rlhfkit.data import load_prompts, write_jsonl
 from rlhfkit.errors import UsageError
+from rlhfkit.labelserver.export import verdicts
 from rlhfkit.losses import best_of_n_kl, lm_loss
 from rlhfkit.modeling import (
     check_vocab,
@@ -40,6 +42,8 @@ from rlhfkit.world.oracle import find_attractions
 
 def run(cfg: EvalConfig) -> dict:
     """`rlhfkit eval`: sample, judge, measure; write report.json, report.md, answers.jsonl and the figures."""
+    if cfg.human:  # people's verdicts from the label server: nothing to sample or judge
+        return human_win_rates(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     models = parse_named(cfg.models)
@@ -128,6 +132,51 @@ def run(cfg: EvalConfig) -> dict:
     write_figures(report, parse_named(cfg.curves) | models, out)
     write_json(out / "report.json", report)
     console.print(f"[eval] wrote {out}/report.json, report.md, answers.jsonl, winrate.png, curves.png")
+    return report
+
+
+def human_win_rates(cfg: EvalConfig) -> dict:
+    """`eval --human labels.sqlite`: people's blind verdicts (label-server compare sets) as win rates, ties ½,
+    with the panel's 95% bootstrap interval over prompts (`bootstrap_ci`; one prompt's verdicts, by every person
+    who judged it, stay together). A pair that holds `--reference` is reported as the other model's win rate
+    against it; writes human.json."""
+    rows = verdicts(cfg.human)
+    if not rows:
+        raise UsageError(
+            f"eval --human {cfg.human}: no compare labels yet (label-server tasks add --kind compare)"
+        )
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        model, opponent, score = row["model"], row["opponent"], row["score"]
+        if model == cfg.reference:  # the reference is the one every other model is compared with
+            model, opponent, score = opponent, model, 1.0 - score
+        pairs.setdefault((model, opponent), []).append({**row, "score": score})
+    comparisons = []
+    for (model, opponent), group in pairs.items():
+        wins = [r["score"] for r in group]
+        prompts = {item: i for i, item in enumerate(dict.fromkeys(r["item"] for r in group))}
+        stats = {
+            "model": model,
+            "opponent": opponent,
+            "win_rate": sum(wins) / len(wins),
+            "win_rate_ci": bootstrap_ci(wins, [prompts[r["item"]] for r in group], seed=cfg.seed),
+            "ties": sum(w == 0.5 for w in wins),
+            "n_verdicts": len(wins),
+            "n_prompts": len(prompts),
+            "labelers": sorted({r["labeler"] for r in group}),
+            "task_sets": sorted({r["set"] for r in group}),
+        }
+        comparisons.append(stats)
+        console.print(
+            f"[eval] human: {model} vs {opponent} win rate {stats['win_rate']:.3f} "
+            f"[{stats['win_rate_ci'][0]:.3f}, {stats['win_rate_ci'][1]:.3f}] ({len(wins)} verdicts on "
+            f"{len(prompts)} prompts by {len(stats['labelers'])} people, {stats['ties']} ties)"
+        )
+    report = {"human": cfg.human, "reference": cfg.reference, "comparisons": comparisons}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "human.json", report)
+    console.print(f"[eval] wrote {out}/human.json")
     return report
 
 
