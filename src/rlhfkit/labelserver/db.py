@@ -160,6 +160,9 @@ class Database:
     def __init__(self, path: str | Path, create: bool = True):
         self.path = str(path)
         self._local = threading.local()
+        # This process's writers queue here, not in SQLite's busy handler, whose sleeps (up to 100 ms each)
+        # made the slowest requests under load wait over a second; other processes still meet busy_timeout.
+        self._write_lock = threading.Lock()
         if not create and not Path(self.path).is_file():
             raise UsageError(
                 f"{self.path}: no such label-server database (make one with `rlhfkit label-server tasks add "
@@ -205,13 +208,14 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A transaction that takes the write lock at once (no upgrade deadlocks); COMMIT fsyncs before return."""
         conn = self.connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
