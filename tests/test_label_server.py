@@ -102,6 +102,37 @@ def test_a_label_is_refused_from_anyone_the_item_was_not_given_to_and_is_final(d
     assert len(db.labels(task_set.id)) == 1
 
 
+def test_a_skipped_item_goes_to_someone_else_and_not_back(db):
+    ann, bo = db.add_user("ann")[0], db.add_user("bo")[0]
+    task_set = db.add_task_set("r", "rank", 1, "", {}, rank_items(2))
+    first = db.next_item(ann, task_set.id, lease=1800)
+    db.skip(ann, first.id)
+    assert db.next_item(ann, task_set.id, lease=1800).position == 1  # not the skipped one again
+    assert db.next_item(bo, task_set.id, lease=1800).id == first.id  # free for others at once
+    assert db.progress()[task_set.id]["skipped"] == 1
+    with pytest.raises(PermissionError):
+        db.skip(db.add_user("cy")[0], first.id)
+
+
+def test_people_commands_print_the_token_alone_on_stdout(db, capsys):
+    from rlhfkit.cli import main
+
+    assert main(["label-server", "users", "add", "--db", db.path, "--name", "ann", "--admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert db.user_by_token(token).role == "admin"
+    assert (
+        main(["label-server", "--db", db.path, "users", "reset", "--name", "ann"]) == 0
+    )  # --db before the verb
+    new = capsys.readouterr().out.strip()
+    assert db.user_by_token(token) is None and db.user_by_token(new).name == "ann"
+    assert main(["label-server", "users", "add", "--db", db.path, "--name", "ann"]) == 2  # the name is taken
+    assert main(["label-server", "users", "list", "--db", db.path]) == 0
+    assert capsys.readouterr().out == "ann\tadmin\n"
+    db.add_task_set("r", "rank", 2, "", {}, rank_items(3))
+    assert main(["label-server", "tasks", "list", "--db", db.path]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "r\trank\t3\t0\t0\t2"
+
+
 def test_tokens_and_sessions_are_stored_hashed(db, tmp_path):
     user, token = db.add_user("ann", "admin")
     session, csrf = db.create_session(user)
