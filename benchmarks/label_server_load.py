@@ -162,8 +162,8 @@ class Load:
 
 def exported_ids(db: str, out: Path) -> list[int]:
     """The label ids in `label-server export`'s file of the task set, as a team would read them."""
-    from rlhfkit.labelserver.cli import ExportConfig
     from rlhfkit.labelserver.export import run as export
+    from rlhfkit.labelserver.settings import ExportConfig
 
     export(ExportConfig(db=db, out=str(out)))
     rows = [json.loads(line) for line in (out / "load.jsonl").read_text(encoding="utf-8").splitlines()]
