@@ -36,7 +36,9 @@ TINY_PRETRAIN = dict(
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    # split on "\n" only, as the loaders do: str.splitlines also splits on U+2028, U+0085 and the like, which a
+    # tiny model's answers may hold (json.dumps(ensure_ascii=False) writes them as they are)
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line]
 
 
 def console_text(capsys) -> str:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from rlhfkit.losses import (
     best_of_n_kl,
     dpo_loss,
+    ensemble_reward,
     entropy_from_logits,
     gae,
     kl_penalty,
@@ -408,3 +409,38 @@ def test_dpo_gradient_and_unknown_type():
     close(pc.grad, [-0.1 / (1 + math.exp(0.1 * 1.0)) / 2, -0.1 / (1 + math.exp(0.1 * -1.5)) / 2])
     with pytest.raises(ValueError, match="ipo"):
         dpo_loss(PC, PR, RC, RR, loss_type="hinge2")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RM ensembles (Coste et al. 2023)
+
+
+def test_ensemble_reward_by_hand():
+    # Three members' scores of two answers, (M, B) = (3, 2); answer 0: 1, 2, 6; answer 1: 0, 0, 0.
+    scores = torch.tensor([[1.0, 0.0], [2.0, 0.0], [6.0, 0.0]])
+    mean, var = 3.0, ((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 3  # population variance 14/3
+    torch.testing.assert_close(ensemble_reward(scores, "mean"), torch.tensor([mean, 0.0]))
+    torch.testing.assert_close(
+        ensemble_reward(scores, "mean_minus_std", 0.5), torch.tensor([mean - 0.5 * math.sqrt(var), 0.0])
+    )
+    torch.testing.assert_close(
+        ensemble_reward(scores, "mean_minus_var", 0.1), torch.tensor([mean - 0.1 * var, 0.0])
+    )
+    torch.testing.assert_close(ensemble_reward(scores, "min"), torch.tensor([1.0, 0.0]))
+
+
+def test_ensemble_of_two_with_lambda_one_is_its_minimum():
+    # mean − 1·std of two values is (a + b)/2 − |a − b|/2 = min(a, b)
+    scores = torch.tensor([[0.3, -1.0, 2.0], [-0.7, 4.0, 2.0]])
+    torch.testing.assert_close(ensemble_reward(scores, "mean_minus_std", 1.0), ensemble_reward(scores, "min"))
+
+
+def test_one_member_has_no_spread():
+    scores = torch.tensor([[1.5, -2.0]])
+    for reduce in ("mean", "mean_minus_std", "mean_minus_var", "min"):
+        torch.testing.assert_close(ensemble_reward(scores, reduce, 3.0), scores[0])
+
+
+def test_ensemble_reward_names_an_unknown_reduce():
+    with pytest.raises(ValueError, match="'median'.*mean, mean_minus_std, mean_minus_var, min"):
+        ensemble_reward(torch.zeros(2, 1), "median")

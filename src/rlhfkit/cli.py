@@ -274,14 +274,13 @@ def _generate(args: GenerateArgs) -> None:
         prompts += [p.context for p in rows]  # a conversation whole
     repeated = [p for p in prompts for _ in range(args.num_samples)]
     if args.best_of_n > 1:
+        from rlhfkit.ensemble import load_judge
         from rlhfkit.evaluate import best_of_n
-        from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
+        from rlhfkit.modeling import check_vocab, for_inference
 
         if not args.reward_model:
             raise UsageError("generate --best-of-n needs --reward-model DIR")
-        reward_model = for_inference(
-            load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True)
-        )
+        reward_model = for_inference(load_judge(args.reward_model, tokenizer.pad_token_id))
         check_vocab(
             reward_model, tokenizer, f"generate --reward-model {args.reward_model}", args.reward_model
         )
@@ -308,17 +307,31 @@ def _generate(args: GenerateArgs) -> None:
 
 def _score(args: C.ScoreArgs) -> None:
     from rlhfkit.batching import score_responses
-    from rlhfkit.modeling import check_vocab, for_inference, load_reward_model
+    from rlhfkit.ensemble import RewardEnsemble, load_judge
+    from rlhfkit.modeling import check_vocab, for_inference
     from rlhfkit.tokenizer import load_tokenizer
 
     if not args.prompt or not args.response:
         raise UsageError("give --prompt TEXT and --response TEXT [TEXT ...]")
     tokenizer = load_tokenizer(args.reward_model)
-    model = for_inference(load_reward_model(args.reward_model, tokenizer.pad_token_id, trained=True))
+    model = for_inference(
+        load_judge(args.reward_model, tokenizer.pad_token_id, args.ensemble_reduce, args.ensemble_lambda)
+    )
     check_vocab(model, tokenizer, args.reward_model)
-    rewards = score_responses(model, tokenizer, [args.prompt] * len(args.response), args.response)
-    for response, reward in zip(args.response, rewards.tolist()):
-        print(f"{reward:+.3f}  {response}")
+    prompts = [args.prompt] * len(args.response)
+    rewards = score_responses(model, tokenizer, prompts, args.response)
+    if not isinstance(model, RewardEnsemble):
+        for response, reward in zip(args.response, rewards.tolist()):
+            print(f"{reward:+.3f}  {response}")
+        return
+    # Each member in its own units, (r + bias) / std (`score_responses` adds the bias), then the combined reward.
+    each = [
+        score_responses(member, tokenizer, prompts, args.response) / scale
+        for member, (_, scale) in zip(model.members, model.units)
+    ]
+    print(f"{model.describe()}; each member's score is (r + bias) / std")
+    for i, (response, reward) in enumerate(zip(args.response, rewards.tolist())):
+        print(f"{reward:+.3f}  [{' '.join(f'{s[i].item():+.3f}' for s in each)}]  {response}")
 
 
 def _chat(args: ChatArgs) -> None:

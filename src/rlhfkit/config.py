@@ -45,15 +45,17 @@ LIMITS = {
     **dict.fromkeys(
         """batch_size grad_accum mini_batch_size ppo_epochs iterations rounds n_labelers samples_per_prompt
         max_new_tokens ptx_batch_size world_docs log_every eval_every hidden_size num_layers num_heads
-        intermediate_size kl_horizon num_samples best_of_n lora_alpha""".split(),
+        intermediate_size kl_horizon num_samples best_of_n lora_alpha ensemble""".split(),
         _at_least(1),
     ),
     **dict.fromkeys("k rloo_k max_len".split(), _at_least(2)),
     **dict.fromkeys("max_steps warmup_steps save_every sample_every lora_r".split(), _at_least(0)),
     **dict.fromkeys("lr vf_lr epochs target_kl cliprange cliprange_value beta".split(), _above(0)),
     **dict.fromkeys("weight_decay max_grad_norm kl_coef vf_coef ptx_coef".split(), _at_least(0)),
-    **dict.fromkeys("labeler_noise margin center_rewards_coefficient temperature".split(), _at_least(0)),
-    **dict.fromkeys("gamma lam label_noise".split(), _within(0, 1)),
+    **dict.fromkeys(
+        "labeler_noise margin center_rewards_coefficient temperature ensemble_lambda".split(), _at_least(0)
+    ),
+    **dict.fromkeys("gamma lam label_noise mix_share".split(), _within(0, 1)),
     **dict.fromkeys("val_fraction lora_dropout ema_decay".split(), _within(0, 1, high_open=True)),
     "label_smoothing": _within(0, 0.5, high_open=True),
     "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
@@ -64,13 +66,26 @@ LIMITS = {
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
+# How an RM ensemble's member scores become one reward (`losses.ensemble_reward`; Coste et al. 2023).
+ENSEMBLE_REDUCES = ("mean", "mean_minus_std", "mean_minus_var", "min")
 # The settings that name one of a few choices, by name: checked when the settings are made, before any work.
 CHOICES = {
     "mixed_precision": PRECISIONS,
     "algo": ("ppo", "rloo"),
     "kl_estimator": KL_ESTIMATORS,
     "loss_type": DPO_LOSS_TYPES,
+    "ensemble_reduce": ENSEMBLE_REDUCES,
 }
+
+
+# An RM ensemble's reward (ppo, eval's best-of-n and judge, score); not yet measured on the embedded world.
+ENSEMBLE_REDUCE_DEFAULT, ENSEMBLE_LAMBDA_DEFAULT = "mean_minus_std", 1.0
+ENSEMBLE_REDUCE_HELP = (
+    "with an ensemble reward model (reward --ensemble M): mean | mean_minus_std (mean − λ·std) | mean_minus_var "
+    "(Coste et al.'s UWO, mean − λ·variance) | min (their WCO) over the members, each in its own units "
+    "((r + bias) / std)"
+)
+ENSEMBLE_LAMBDA_HELP = "λ of mean_minus_std / mean_minus_var"
 
 
 # Settings that say how a stage runs, not what it makes: left out of the settings a model records and of the
@@ -216,6 +231,53 @@ class LabelConfig(Settings):
     max_new_tokens: int = arg(64, "maximum response length in tokens")
     compile_sampler: bool = arg(False, COMPILE_SAMPLER_HELP)
     seed: int = arg(0, "sampling and labeler seed")
+    # Iterated rounds (Bai et al. 2022; Llama 2): rank the newest policy's answers beside the SFT model's, on
+    # prompts no earlier round ranked.
+    mix_model: str | None = arg(
+        None,
+        "a second model that writes some of the K answers to each prompt (e.g. the SFT model beside a PPO policy "
+        'given as --model); every row then records which model wrote each answer ("models")',
+    )
+    mix_share: float = arg(0.5, "with --mix-model: the share of each prompt's K answers it writes")
+    prompt_part: str = arg(
+        "",
+        "R/N: rank only the R-th of N disjoint parts of the prompts (every N-th prompt, from the R-th on), so that "
+        "rounds of labelling never rank one prompt twice; '' = all of them",
+    )
+    rank: bool = arg(
+        True,
+        "rank the answers with the simulated labelers (embedded world); --no-rank writes them unranked, "
+        "{prompt, responses, ended, models}, for people: label-server tasks add --kind rank --responses FILE",
+    )
+
+    def check_together(self) -> None:
+        part = self.part()
+        if part is not None and not 1 <= part[0] <= part[1]:
+            raise UsageError(
+                f"prompt_part = {self.prompt_part!r} (--prompt-part): the part R of R/N must be in 1..N"
+            )
+        if self.mix_model is not None and not 0 < self.mixed() < self.k:
+            raise UsageError(
+                f"mix_share = {self.mix_share} of k = {self.k} answers is {self.mixed()} (--mix-share, --k): with "
+                "--mix-model each model must write at least one of a prompt's answers; give a share between "
+                f"{1 / self.k:.2f} and {1 - 1 / self.k:.2f}, or more answers (--k)"
+            )
+
+    def part(self) -> tuple[int, int] | None:
+        """--prompt-part R/N as (R, N); None for ''."""
+        if not self.prompt_part:
+            return None
+        r, sep, n = self.prompt_part.partition("/")
+        if not (sep and r.strip().isdigit() and n.strip().isdigit() and int(n) >= 1):
+            raise UsageError(
+                f"prompt_part = {self.prompt_part!r} (--prompt-part): expected R/N, e.g. 2/3 for the second of "
+                "three disjoint parts"
+            )
+        return int(r), int(n)
+
+    def mixed(self) -> int:
+        """How many of a prompt's K answers --mix-model writes (the share rounded half up)."""
+        return int(self.k * self.mix_share + 0.5) if self.mix_model is not None else 0
 
 
 @dataclass
@@ -245,6 +307,27 @@ class RewardConfig(TrainArgs):
     val_fraction: float = arg(0.1, "prompts held out to measure accuracy and over-fitting")
     max_len: int = arg(160, "maximum tokens of prompt + response")
     eval_every: int = arg(24, "measure validation accuracy every N steps")
+    # Rounds: --model the previous RM to continue it (head included), or the SFT model to retrain.
+    earlier_data: list[str] = arg(
+        [],
+        "comparison files of earlier rounds, trained on together with --data (this round's): retraining takes "
+        "them all; continuing a reward model (--model PREV_RM) may take them or only --data",
+    )
+    previous_reward_model: str | None = arg(
+        None,
+        "the reward model this one replaces: its accuracy on --data (the newest policy's answers, before any "
+        "training on them) goes into eval.json beside this one's; default: --model, when that is a reward model",
+    )
+    # Coste et al. 2023: members differ in their seed only (head initialisation and data order).
+    ensemble: int = arg(
+        1,
+        "train M reward models (seeds seed..seed+M-1: head init and data order), saved as member_0..member_M-1 "
+        "of --out; the directory is then accepted wherever a reward model is",
+    )
+    ensemble_bootstrap: bool = arg(
+        False,
+        "each ensemble member trains on a bootstrap resample of the training rankings (off: all of them)",
+    )
 
 
 @dataclass
@@ -305,6 +388,8 @@ class PPOConfig(TrainArgs):
     save_every: int = arg(10, "checkpoint every N iterations (0 = only at the end)")
     log_every: int = arg(1, "log every N iterations")
     sample_every: int = arg(10, "write sample answers to TensorBoard/samples.jsonl every N iterations")
+    ensemble_reduce: str = arg(ENSEMBLE_REDUCE_DEFAULT, ENSEMBLE_REDUCE_HELP)
+    ensemble_lambda: float = arg(ENSEMBLE_LAMBDA_DEFAULT, ENSEMBLE_LAMBDA_HELP)
 
     def check_together(self) -> None:
         if self.mini_batch_size > self.batch_size:
@@ -368,6 +453,8 @@ class EvalConfig(Settings):
         "another draw than from '4' alone",
     )
     reward_model: str | None = arg(None, "reward model that picks the best of n")
+    ensemble_reduce: str = arg(ENSEMBLE_REDUCE_DEFAULT, ENSEMBLE_REDUCE_HELP + " (best-of-n, --judge)")
+    ensemble_lambda: float = arg(ENSEMBLE_LAMBDA_DEFAULT, ENSEMBLE_LAMBDA_HELP)
     seed: int = arg(0, "sampling seed (the same for every model)")
     human: str | None = arg(
         None,
@@ -381,6 +468,8 @@ class ScoreArgs(Settings):
     reward_model: str = arg("runs/reward", "reward model directory")
     prompt: str = arg(None, "the prompt")
     response: list[str] = arg(None, "one or more responses to score")
+    ensemble_reduce: str = arg(ENSEMBLE_REDUCE_DEFAULT, ENSEMBLE_REDUCE_HELP)
+    ensemble_lambda: float = arg(ENSEMBLE_LAMBDA_DEFAULT, ENSEMBLE_LAMBDA_HELP)
 
 
 METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")  # what `rlhfkit pipeline --methods` can run

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ import torch
 from rlhfkit.batching import collate, encode_prompts, pack, score_responses
 from rlhfkit.config import EvalConfig
 from rlhfkit.console import console
-from rlhfkit.data import load_prompts, write_jsonl
+from rlhfkit.data import Ranked, load_prompts, write_jsonl
+from rlhfkit.ensemble import load_judge
 from rlhfkit.errors import UsageError
 from rlhfkit.labelserver.export import verdicts
 from rlhfkit.losses import best_of_n_kl, lm_loss
@@ -27,7 +29,6 @@ from rlhfkit.modeling import (
     for_inference,
     is_chat_model,
     load_causal_lm,
-    load_reward_model,
     same_tokenizer,
 )
 from rlhfkit.report import write_figures, write_markdown
@@ -222,7 +223,9 @@ def sample_model(
 
 def sample_best_of_n(cfg: EvalConfig, reference: str, tokenizer, ns: list[int], repeated, seed_prompts):
     """({n: answers to `repeated`}, {n: answers to the seed's prompts}) of best-of-n from the model `reference`."""
-    rm = for_inference(load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True))
+    rm = for_inference(
+        load_judge(cfg.reward_model, tokenizer.pad_token_id, cfg.ensemble_reduce, cfg.ensemble_lambda)
+    )
     check_vocab(rm, tokenizer, f"eval --reward-model {cfg.reward_model}", cfg.reward_model)
     base = for_inference(load_causal_lm(reference))
     with console.status(f"[eval] best-of-n: sampling {max(ns)} × {len(repeated)} answers (n = {ns})"):
@@ -371,6 +374,115 @@ def best_of_n(
     return picked[n] if isinstance(n, int) else picked
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A reward model on a policy's answers (rounds): is it still right where PPO pushed? Its agreement with the held-out
+# panel on rankings of the newest policy's answers (`reward/eval.json`'s accuracy_on_new_samples, the rounds
+# benchmark).
+
+
+@dataclass
+class JudgedPair:
+    """Two different answers to one prompt (flat indices into the answers of a list of rankings), with who
+    prefers the first: the labels (None for a tie) and the held-out panel (None for a tie, or off the world)."""
+
+    item: int
+    a: int
+    b: int
+    labels_prefer_a: bool | None
+    panel_prefers_a: bool | None
+    writers: str | None  # "model A + model B" (sorted) when the rows say which model wrote each answer
+
+
+def judged_pairs(items: list[Ranked], writers: list[list[str] | None] | None = None) -> list[JudgedPair]:
+    """Every pair of answers of every ranking, judged by its labels and, on the embedded world, by the panel."""
+    panel, pairs, offset = eval_panel(), [], 0
+    for n, item in enumerate(items):
+        K = len(item.responses)
+        ended = item.ended or [True] * K
+        world = parse_prompt(item.prompt) is not None
+        who = (writers or [None] * len(items))[n]
+        for a in range(K):
+            for b in range(a + 1, K):
+                if item.responses[a] == item.responses[b] and ended[a] == ended[b]:
+                    continue  # one answer twice: nothing to order
+                labels = None if item.ranks[a] == item.ranks[b] else item.ranks[a] < item.ranks[b]
+                verdict = (
+                    panel.compare(item.prompt, item.responses[a], ended[a], item.responses[b], ended[b])
+                    if world
+                    else 0.5
+                )
+                pairs.append(
+                    JudgedPair(
+                        n,
+                        offset + a,
+                        offset + b,
+                        labels,
+                        None if verdict == 0.5 else verdict == 1.0,
+                        " + ".join(sorted((who[a], who[b]))) if who else None,
+                    )
+                )
+        offset += K
+    return pairs
+
+
+def agreement(rewards: list[float], pairs: list[JudgedPair], keep: set[int] | None = None) -> dict:
+    """Of the `pairs` (of the rankings in `keep`, all if None) that the labels / the panel order, the share the
+    rewards order the same way, strictly (a tie in reward agrees with neither side); ties are left out."""
+    pairs = [p for p in pairs if keep is None or p.item in keep]
+
+    def share(judged: list[tuple[JudgedPair, bool]]) -> float | None:
+        agree = sum(
+            rewards[p.a] > rewards[p.b] if a_wins else rewards[p.b] > rewards[p.a] for p, a_wins in judged
+        )
+        return agree / len(judged) if judged else None
+
+    by_labels = [(p, p.labels_prefer_a) for p in pairs if p.labels_prefer_a is not None]
+    by_panel = [(p, p.panel_prefers_a) for p in pairs if p.panel_prefers_a is not None]
+    report = {
+        "panel_agreement": share(by_panel),
+        "n_panel_pairs": len(by_panel),
+        "label_accuracy": share(by_labels),
+        "n_label_pairs": len(by_labels),
+    }
+    kinds = sorted({p.writers for p, _ in by_panel if p.writers})
+    if kinds:  # e.g. the policy's answers among themselves, against SFT's, SFT's among themselves
+        report["panel_agreement_by_writers"] = {
+            kind: {
+                "panel_agreement": share([(p, w) for p, w in by_panel if p.writers == kind]),
+                "n_panel_pairs": sum(p.writers == kind for p, _ in by_panel),
+            }
+            for kind in kinds
+        }
+    return report
+
+
+def answer_rewards(model, tokenizer, items: list[Ranked], max_len: int) -> list[float]:
+    """The reward of every answer of every ranking, in order (the flat indices of `judged_pairs`)."""
+    rows = [
+        (item.context, r, e)
+        for item in items
+        for r, e in zip(item.responses, item.ended or [True] * len(item.responses))
+    ]
+    contexts, responses, ended = (list(column) for column in zip(*rows))
+    return score_responses(model, tokenizer, contexts, responses, ended, max_len=max_len).tolist()
+
+
+def accuracy_on_samples(
+    model,
+    tokenizer,
+    items: list[Ranked],
+    max_len: int,
+    writers: list[list[str] | None] | None = None,
+    keep: set[int] | None = None,
+    pairs: list[JudgedPair] | None = None,
+) -> dict:
+    """A reward model (or ensemble, by its members' mean) on rankings of a policy's answers: its agreement with the
+    held-out panel (embedded world; ties excluded) and with the rankings' own labels (ties excluded), pooled over
+    pairs, and the panel agreement per pair of writers when `writers` says which model wrote each answer."""
+    pairs = judged_pairs(items, writers) if pairs is None else pairs
+    return agreement(answer_rewards(model, tokenizer, items, max_len), pairs, keep)
+
+
 def parse_named(pairs: list[str]) -> dict[str, str]:
     named = {}
     for pair in pairs:
@@ -399,13 +511,14 @@ def load_eval_prompts(cfg: EvalConfig):
     if cfg.judge is None:
         panel = eval_panel()
         return prompts, families, lambda prompt, a, b: panel.compare(prompt, a[0], a[1], b[0], b[1])
-    return prompts, families, reward_model_judge(cfg.judge)
+    return prompts, families, reward_model_judge(cfg.judge, cfg.ensemble_reduce, cfg.ensemble_lambda)
 
 
-def reward_model_judge(path: str):
-    """judge(prompt, a, b) -> 1, ½ or 0 by the reward model at `path`; a, b are (answer, ended)."""
+def reward_model_judge(path: str, reduce: str = "mean", lam: float = 0.0):
+    """judge(prompt, a, b) -> 1, ½ or 0 by the reward model (or ensemble, combined by `reduce`) at `path`; a, b are
+    (answer, ended)."""
     tokenizer = load_tokenizer(path)
-    model = for_inference(load_reward_model(path, tokenizer.pad_token_id, trained=True))
+    model = for_inference(load_judge(path, tokenizer.pad_token_id, reduce, lam))
     check_vocab(model, tokenizer, f"eval --judge {path}")
 
     def judge(prompt, a, b):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhfkit.config import DPO_LOSS_TYPES, KL_ESTIMATORS
+from rlhfkit.config import DPO_LOSS_TYPES, ENSEMBLE_REDUCES, KL_ESTIMATORS
 
 # --------------------------------------------------------------------------------------------------------------
 # masked statistics
@@ -167,6 +167,30 @@ def ranking_accuracy(rewards: Tensor, ranks: Tensor, mask: Tensor | None = None)
     pairs = _better_pairs(ranks, mask)  # (P, K, K)
     correct = rewards[:, :, None] > rewards[:, None, :]  # (P, K, K)
     return masked_mean(correct.float(), pairs)
+
+
+def ensemble_reward(scores: Tensor, reduce: str, lam: float = 0.0) -> Tensor:
+    """One reward from the scores of M reward models, each already in its own units ((r + bias) / std), shape
+    (M, ...) → (...) (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"):
+
+      "mean":            (1/M) Σ_m r_m
+      "mean_minus_std":  mean − λ·std,  std = sqrt((1/M) Σ_m (r_m − mean)²)
+      "mean_minus_var":  mean − λ·var   (their uncertainty-weighted optimisation, UWO)
+      "min":             min_m r_m      (their worst-case optimisation, WCO)
+
+    The spread is the members' population spread (1/M, as UWO's intra-ensemble variance); one member has none.
+    """
+    mean = scores.mean(0)
+    if reduce == "mean":
+        return mean
+    if reduce == "min":
+        return scores.min(0).values
+    var = scores.var(0, unbiased=False)
+    if reduce == "mean_minus_std":
+        return mean - lam * var.sqrt()
+    if reduce == "mean_minus_var":
+        return mean - lam * var
+    raise ValueError(f"unknown ensemble reduce {reduce!r}; choose one of {', '.join(ENSEMBLE_REDUCES)}")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,14 @@ Implementation details, each switchable in PPOConfig (names follow TRL):
 `--algo rloo` replaces the critic with RLOO's leave-one-out baseline over k samples per prompt (same rollout,
 same clipped policy loss, same KL-shaped reward, summed per sequence).
 
+The reward model may be an ensemble (`reward --ensemble M`, Coste et al. 2023): each member's score in its own
+units, combined as mean − λ·std, mean − λ·variance or the minimum (`--ensemble-reduce`, `--ensemble-lambda`).
+
+Rounds (iterated RLHF): `--policy ROUND_PPO --ref-policy SFT --value-model ROUND_PPO/value_model --reward-model
+NEW_RM` continues a PPO policy against an updated reward model with the KL still to SFT (`continued_from`): its
+rollouts are numbered on (no replay of the last round's prompts and noise), an adaptive β starts where it ended,
+and the value model keeps the units it was trained in (`value_units`).
+
 Deviations from InstructGPT: tiny models and minutes instead of 256k episodes; rewards are scaled by the RM's std;
 the per-iteration RNG is derived from (seed, iteration) so that --resume continues exactly.
 """
@@ -40,6 +48,7 @@ from torch import nn
 
 from rlhfkit.batching import NARROW_REWARD_STD, collate, encode_prompts, narrow_rewards, pack
 from rlhfkit.config import PPOConfig
+from rlhfkit.ensemble import RewardEnsemble, load_judge, members
 from rlhfkit.errors import UsageError
 from rlhfkit.losses import (
     entropy_from_logits,
@@ -62,6 +71,7 @@ from rlhfkit.modeling import (
     load_reward_model,
     per_token_scores,
     position_ids,
+    read_meta,
     save_model,
     scalar_head,
 )
@@ -101,7 +111,8 @@ def run(cfg: PPOConfig, reward_fn=None):
     tokenizer, ref_policy = models.tokenizer, models.ref_policy
     prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
     policy, value_model, optimizer, scheduler, ema = prepare(cfg, accelerator, models)
-    kl_ctl = KLController(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
+    earlier = continued_from(cfg)  # a round after the first: rollouts numbered on, adaptive β where it was
+    kl_ctl = KLController(earlier.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
     own_state = checkpointed_modules(cfg, ema, value_model)
     start, changed = 0, {}
     if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
@@ -113,8 +124,9 @@ def run(cfg: PPOConfig, reward_fn=None):
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
     with Tracker(out, stage, cfg.iterations, start, enabled=accelerator.is_main_process) as tracker:
         for it in range(start, cfg.iterations):
-            # 1. rollout (the RNG is a function of seed, iteration and process: --resume continues exactly)
-            number = it * accelerator.num_processes + accelerator.process_index
+            # 1. rollout (the RNG is a function of seed, iteration and process: --resume continues exactly, and a
+            #    round continuing a PPO policy draws the prompts and noise a run that long would have drawn next)
+            number = (earlier.rollouts + it) * accelerator.num_processes + accelerator.process_index
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + number)
             unwrapped = accelerator.unwrap_model(policy)
             batch_prompts, batch, texts = rollout(cfg, unwrapped, tokenizer, prompts, number, generator)
@@ -156,7 +168,10 @@ def run(cfg: PPOConfig, reward_fn=None):
             stats: dict[str, list[float]] = {}
             for epoch in range(cfg.ppo_epochs):
                 order = torch.randperm(
-                    len(last), generator=torch.Generator().manual_seed(cfg.seed + 7919 * it + epoch)
+                    len(last),
+                    generator=torch.Generator().manual_seed(
+                        cfg.seed + 7919 * (earlier.rollouts + it) + epoch
+                    ),
                 )
                 for mb in order.split(cfg.mini_batch_size):
                     mb_batch = minibatch(batch, mb)
@@ -221,7 +236,9 @@ def run(cfg: PPOConfig, reward_fn=None):
                 tensors = {name: module.state_dict() for name, module in own_state.items()}
                 save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg), tensors)
 
-    return save_final(cfg, accelerator, policy, value_model, ema, tokenizer, stage, kl_ctl.value, changed)
+    return save_final(
+        cfg, accelerator, policy, value_model, ema, tokenizer, stage, kl_ctl.value, changed, earlier
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,15 +321,15 @@ def build_models(cfg: PPOConfig, reward_fn, device) -> Models:
         check_vocab(ref_policy, tokenizer, f"ppo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
     reward_model, units = None, (0.0, 1.0)
     if reward_fn is None:
-        reward_model = (
-            load_reward_model(cfg.reward_model, tokenizer.pad_token_id, trained=True)
-            .eval()
-            .requires_grad_(False)
-            .to(device)
-        )
+        judge = load_judge(cfg.reward_model, tokenizer.pad_token_id, cfg.ensemble_reduce, cfg.ensemble_lambda)
+        reward_model = judge.eval().requires_grad_(False).to(device)
         check_vocab(reward_model, tokenizer, f"ppo --reward-model {cfg.reward_model}", cfg.reward_model)
-        units = reward_units(reward_model.config, cfg)  # scale 1 without --scale-rewards
-        if units[1] < NARROW_REWARD_STD:
+        units = reward_units(
+            reward_model.config, cfg
+        )  # scale 1 without --scale-rewards; (0, 1) for an ensemble
+        if isinstance(reward_model, RewardEnsemble):
+            console.print(f"[{cfg.algo}] reward: {reward_model.describe()}")
+        elif units[1] < NARROW_REWARD_STD:
             console.print(f"[{cfg.algo}] warning: {narrow_rewards(units[1])}")
     value_model = make_value_model(cfg, policy, tokenizer) if has_value_model(cfg) else None
     return Models(tokenizer, policy, ref_policy, reward_model, units, value_model)
@@ -381,22 +398,25 @@ def checkpointed_modules(cfg: PPOConfig, ema, value_model) -> dict[str, nn.Modul
 
 
 def make_value_model(cfg: PPOConfig, policy, tokenizer):
-    """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's.
+    """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's;
+    a later round's PPO passes the previous round's value model (`--value-model ROUND_PPO/value_model`).
 
-    Either starts out predicting the RM's score in the units PPO's rewards are in (`reward_units`): shifted so the
-    demonstrations average 0 and, with `scale_rewards`, divided by the RM's std."""
+    Either starts out predicting in the units PPO's rewards are in (`value_units`): a reward model's score shifted
+    so the demonstrations average 0 and, with `scale_rewards`, divided by its std; a trained value model's own."""
     source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
+    if source and members(source):  # an ensemble: its first member, in that member's units
+        source = str(members(source)[0])
     if not cfg.shared_trunk:
         value_model = load_reward_model(source, tokenizer.pad_token_id).eval()
         check_vocab(value_model, tokenizer, f"ppo --value-model {source}", source)
-        return ValueModel(value_model, *reward_units(value_model.config, cfg))
+        return ValueModel(value_model, *value_units(source, value_model.config, cfg))
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)
     if source and Path(source).exists():
         rm = load_reward_model(source, tokenizer.pad_token_id)
         rm_head = scalar_head(rm)
         if rm_head.weight.shape == head.weight.shape:
-            shift, scale = reward_units(rm.config, cfg)
+            shift, scale = value_units(source, rm.config, cfg)
             head.weight.data.copy_(rm_head.weight.data / scale)
             head.bias.data.fill_(shift / scale)
     return head
@@ -421,6 +441,56 @@ def reward_units(config, cfg: PPOConfig) -> tuple[float, float]:
     shift = float(getattr(config, "reward_bias", 0.0) or 0.0)
     scale = float(getattr(config, "reward_std", 1.0) or 1.0) if cfg.scale_rewards else 1.0
     return shift, scale
+
+
+def value_units(source: str, config, cfg: PPOConfig) -> tuple[float, float]:
+    """(shift, scale) of a value model's raw head: those a value model PPO saved was trained in (its
+    rlhfkit.json's "value_units", whatever this run's --scale-rewards or reward model), else `reward_units`.
+
+    A round's new reward model is centred and scaled on the demonstrations again, as the last one was, so the
+    previous round's values keep their meaning in its rewards; the new reward model's bias and std are never
+    applied to them (they would shift every value by the difference between two reward models' biases)."""
+    trained = read_meta(source).get("value_units") if Path(source).is_dir() else None
+    return (float(trained[0]), float(trained[1])) if trained else reward_units(config, cfg)
+
+
+@dataclass
+class Continued:
+    """What a PPO run takes over from the PPO run that wrote its --policy (a later round), else the defaults:
+    the number of rollouts before it, and β — a fixed β is a setting, an adaptive one state."""
+
+    rollouts: int
+    kl_coef: float
+
+
+def continued_from(cfg: PPOConfig) -> Continued:
+    """--policy written by PPO: its rollouts are numbered on from where it stopped (a round does not replay the
+    prompts and sampling noise of the one before it), and with --adaptive-kl β starts where it ended.
+
+    The policy itself is the previous round's saved one (its EMA, the policy whose answers were ranked for the new
+    reward model), with fresh optimizer moments, a fresh LR schedule and an EMA that starts from it; the
+    reference stays --ref-policy (give the SFT model: without it the KL is to the previous round's policy)."""
+    meta = read_meta(cfg.policy) if Path(cfg.policy).is_dir() else {}
+    if meta.get("stage") not in ("ppo", "ppo_ptx", "rloo"):
+        return Continued(0, cfg.kl_coef)
+    rollouts = int(meta.get("rollouts_before", 0)) + int(meta.get("iterations", 0))
+    kl_coef = float(meta.get("kl_coef", cfg.kl_coef)) if cfg.adaptive_kl else cfg.kl_coef
+    console.print(
+        f"[{cfg.algo}] --policy {cfg.policy} is a {meta['stage']} policy after {rollouts} rollouts: its rollouts "
+        f"are numbered on from {rollouts}"
+        + (f", and adaptive β starts at its {kl_coef:.4g}" if cfg.adaptive_kl else "")
+    )
+    if not cfg.ref_policy and cfg.lora_r == 0:
+        console.print(
+            f"[{cfg.algo}] warning: no --ref-policy, so the KL penalty is to {cfg.policy} itself, not to the SFT "
+            "model; give --ref-policy SFT_DIR to keep it to SFT across rounds"
+        )
+    elif cfg.lora_r > 0:
+        console.print(
+            f"[{cfg.algo}] warning: with --lora-r the reference is {cfg.policy} with its adapters off (the "
+            "previous round's merged policy), not the SFT model"
+        )
+    return Continued(rollouts, kl_coef)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,7 +579,16 @@ def ptx_lm_loss(
 
 
 def save_final(
-    cfg: PPOConfig, accelerator, policy, value_model, ema, tokenizer, stage: str, kl_coef: float, changed
+    cfg: PPOConfig,
+    accelerator,
+    policy,
+    value_model,
+    ema,
+    tokenizer,
+    stage: str,
+    kl_coef: float,
+    changed,
+    earlier: Continued,
 ):
     """Save the policy (its EMA where there is one; LoRA merged) and the value model; the policy is returned."""
     final = accelerator.unwrap_model(policy)
@@ -528,12 +607,16 @@ def save_final(
     out = Path(cfg.out)
     if accelerator.is_main_process:
         if value_model is not None and not cfg.shared_trunk:  # first: the policy's save marks the stage done
+            trained = accelerator.unwrap_model(value_model)
+            # its config says the units its head was trained in, as its rlhfkit.json does (`value_units`)
+            trained.model.config.reward_bias, trained.model.config.reward_std = trained.shift, trained.scale
             save_model(
-                accelerator.unwrap_model(value_model).model,
+                trained.model,
                 None,
                 out / "value_model",
                 stage="value",
                 complete=True,
+                value_units=[trained.shift, trained.scale],
             )
         save_model(
             final,
@@ -543,8 +626,10 @@ def save_final(
             chat=True,
             complete=True,
             iterations=cfg.iterations,
+            rollouts_before=earlier.rollouts,
             ptx_coef=cfg.ptx_coef,
             kl_coef=kl_coef,
+            kl_coef_start=earlier.kl_coef,
             algo=cfg.algo,
             **provenance(cfg, changed),
         )

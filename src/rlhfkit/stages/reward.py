@@ -17,16 +17,31 @@ the SFT demonstrations score 0 on average (InstructGPT). Llama-style heads have 
 `config.reward_bias` and added by `score_responses`/PPO; `config.reward_std` records the reward scale. A user's
 comparisons given without demonstrations are centred on their best-ranked answers instead, and their scale is
 measured over all the answers ranked (`centre_on_demonstrations`).
+
+Rounds (iterated RLHF: the reward model shown what the newest policy writes). `--data` is the round's new
+rankings, `--earlier-data` earlier rounds'. *Continue*: `--model PREV_RM` starts from the previous reward model,
+its head included, and trains on --data (or, with --earlier-data, on everything); *retrain*: `--model SFT` with
+--earlier-data trains a new one on everything. Either way the new model is centred and scaled again. Before it
+trains, the previous reward model (--model, or --previous-reward-model) scores --data's answers: eval.json's
+`accuracy_on_new_samples` has its agreement with the held-out panel there — is the reward model still right where
+PPO pushed? — beside the new model's on the rankings it held out.
+
+Ensembles (Coste et al. 2023): `--ensemble M` trains M reward models that differ in their seed (head
+initialisation and data order; `--ensemble-bootstrap` also resamples the rankings), on one validation split, each
+saved as a stock directory `member_m/` of --out; `ensemble.load_judge` reads the directory as one reward model.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from rlhfkit.batching import (
     NARROW_REWARD_STD,
@@ -38,13 +53,18 @@ from rlhfkit.batching import (
     warn_if_cut,
 )
 from rlhfkit.config import RewardConfig
-from rlhfkit.data import DataError, Ranked, load_preferences, load_sft
+from rlhfkit.data import DataError, Ranked, load_preferences, load_sft, read_records
+from rlhfkit.ensemble import RewardEnsemble, load_judge, members
 from rlhfkit.errors import UsageError
+from rlhfkit.evaluate import agreement, answer_rewards, judged_pairs
 from rlhfkit.labelers import default_settings, read_settings, simulated_labelers
 from rlhfkit.losses import ranking_accuracy, ranking_loss
 from rlhfkit.modeling import (
+    RLHFKIT_META,
     TokenScores,
     check_vocab,
+    for_inference,
+    from_pretrained,
     last_token_scores,
     load_reward_model,
     read_meta,
@@ -86,33 +106,61 @@ from rlhfkit.world import (
 
 
 def run(cfg: RewardConfig):
-    out = Path(cfg.out)
     if finished_earlier(cfg, "reward"):
         return None
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
-    items = load_comparisons(cfg, control_tokens(tokenizer))
-    train_items, val_items = split_by_prompt(items, cfg.val_fraction, cfg.seed)
-    if not val_items:
+    data = load_rounds(cfg, control_tokens(tokenizer))
+    if not data.val:
         console.print(
-            f"[reward] warning: --val-fraction {cfg.val_fraction} of {len({i.prompt for i in items})} prompts "
-            "holds out none, so no validation accuracy will be measured; give more rankings or a larger "
+            f"[reward] warning: --val-fraction {cfg.val_fraction} of {len({i.prompt for i in data.items})} "
+            "prompts holds out none, so no validation accuracy will be measured; give more rankings or a larger "
             "--val-fraction"
         )
     # before training: a bad file must not cost a trained model
-    demos = load_demonstrations(cfg, train_items, control_tokens(tokenizer))
-    elements = train_items if cfg.kwise else as_independent_pairs(train_items, cfg.seed)
+    demos = load_demonstrations(cfg, data.train, control_tokens(tokenizer))
+    sources = initial_models(cfg)
+    check_conversations(tokenizer, data.items, f"reward --data {cfg.data}")
+    warn_if_truncated(tokenizer, data.items, cfg.max_len)
+    # The reward model this one replaces, on the newest answers, before anything trains on them (rounds).
+    previous = previous_reward_model(cfg)
+    before = None  # the previous reward model's rewards of --data's answers
+    if previous is not None:
+        judge = for_inference(load_judge(previous, tokenizer.pad_token_id))
+        check_vocab(judge, tokenizer, f"reward --previous-reward-model {previous}", previous)
+        before = answer_rewards(judge, tokenizer, data.new, cfg.max_len)
+        del judge
+    if cfg.ensemble == 1:
+        return train_reward_model(cfg, cfg.seed, tokenizer, data, data.train, demos, before)
+    return train_ensemble(cfg, tokenizer, data, demos, sources, before)
+
+
+def train_reward_model(
+    cfg: RewardConfig,
+    seed: int,
+    tokenizer,
+    data: Comparisons,
+    train_items: list[Ranked],
+    demos: list[Demo] | None,
+    before: list[float] | None,
+    member: int | None = None,
+):
+    """Train, centre, evaluate and save one reward model from cfg.model into cfg.out. `seed` draws its head and
+    its data order (an ensemble member's own); the validation split is cfg.seed's, the same for every member."""
+    out = Path(cfg.out)
+    if member is not None and finished_earlier(cfg, f"reward member {member}"):
+        return None
+    elements = train_items if cfg.kwise else as_independent_pairs(train_items, seed)
     steps = cfg.max_steps or math.ceil(cfg.epochs * len(elements) / (cfg.batch_size * cfg.grad_accum))
     console.print(
-        f"[reward] {len(train_items)} train / {len(val_items)} val rankings "
-        f"({sum(len(i.pairs()) for i in train_items)} train pairs), "
+        f"[reward] {'' if member is None else f'member {member} (seed {seed}): '}{len(train_items)} train / "
+        f"{len(data.val)} val rankings ({sum(len(i.pairs()) for i in train_items)} train pairs), "
         f"{'K-wise elements' if cfg.kwise else 'independent pairs'}, {steps} steps"
     )
 
+    seed_everything(seed)  # the head's initialisation
     model = load_reward_model(cfg.model, tokenizer.pad_token_id)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
-    check_conversations(tokenizer, items, f"reward --data {cfg.data}")
-    warn_if_truncated(tokenizer, items, cfg.max_len)
     model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -123,7 +171,7 @@ def run(cfg: RewardConfig):
         start, changed = state["step"], state["changed"]
         console.print(f"[reward] resuming from {out}/checkpoint at step {start}")
     # A fixed train subset as large as the val set: the train/val accuracy gap measures over-fitting.
-    train_probe = random.Random(cfg.seed).sample(train_items, min(len(train_items), max(len(val_items), 1)))
+    train_probe = data.train_probe()
 
     model.train()
     with Tracker(out, "reward", steps, start, enabled=accelerator.is_main_process) as tracker:
@@ -131,7 +179,7 @@ def run(cfg: RewardConfig):
             numbers = microbatch_numbers(step, cfg.grad_accum, accelerator)
             step_loss, step_acc = 0.0, 0.0
             for m, number in enumerate(numbers):
-                batch = [elements[i] for i in batch_indices(len(elements), cfg.batch_size, number, cfg.seed)]
+                batch = [elements[i] for i in batch_indices(len(elements), cfg.batch_size, number, seed)]
                 with sync_gradients_if(accelerator, model, m == len(numbers) - 1), accelerator.autocast():
                     rewards, ranks, mask = batch_rewards(
                         model, tokenizer, batch, cfg.max_len, accelerator.device
@@ -155,9 +203,9 @@ def run(cfg: RewardConfig):
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm),
             }
-            if val_items and (done % cfg.eval_every == 0 or done == steps):
+            if data.val and (done % cfg.eval_every == 0 or done == steps):
                 metrics["val_accuracy"], metrics["val_loss"] = accuracy(
-                    model, tokenizer, val_items, cfg.max_len, accelerator
+                    model, tokenizer, data.val, cfg.max_len, accelerator
                 )
                 metrics["train_accuracy"], metrics["train_loss"] = accuracy(
                     model, tokenizer, train_probe, cfg.max_len, accelerator
@@ -176,7 +224,9 @@ def run(cfg: RewardConfig):
     if scale < NARROW_REWARD_STD:
         console.print(f"[reward] warning: {narrow_rewards(scale)}")
     if accelerator.is_main_process:
-        report = evaluate_reward_model(final, tokenizer, val_items, train_probe, cfg)
+        report = evaluate_reward_model(final, tokenizer, data.val, train_probe, cfg)
+        if member is None:
+            report.update(new_samples_report(final, tokenizer, data, before, cfg))
         write_json(out / "eval.json", report)  # before the model: its save marks the stage done
         save_model(
             final,
@@ -189,11 +239,102 @@ def run(cfg: RewardConfig):
             reward_bias=bias,
             reward_std=scale,
             kwise=cfg.kwise,
+            **({} if member is None else {"member": member, "member_seed": seed}),
             **provenance(cfg, changed),
         )
         remove_checkpoint(out)
-        print_report(report, cfg, len(items))
+        print_report(report, cfg, len(data.items))
     return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An ensemble of reward models (Coste et al. 2023): M members that differ in their seed — the head's
+# initialisation and the order of the data — and, with --ensemble-bootstrap, in a resample of the rankings.
+
+
+def train_ensemble(
+    cfg: RewardConfig, tokenizer, data: Comparisons, demos, sources: list[str], before: list[float] | None
+) -> RewardEnsemble:
+    """Members member_0..member_{M-1} of cfg.out, each a stock reward model directory (`ensemble.py`), then the
+    ensemble's own eval.json and rlhfkit.json, the latter last: it is what says the ensemble is finished."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = []
+    for m, source in enumerate(sources):
+        seed = cfg.seed + m
+        member_cfg = replace(cfg, out=str(out / member_name(m)), model=source, ensemble=1)
+        train_items = data.train
+        if cfg.ensemble_bootstrap:  # as many rankings as there are, drawn with replacement
+            train_items = random.Random(seed).choices(data.train, k=len(data.train))
+        began = time.time()
+        train_reward_model(member_cfg, seed, tokenizer, data, train_items, demos, None, member=m)
+        seconds.append(round(time.time() - began, 2))
+    names = [member_name(m) for m in range(cfg.ensemble)]
+    ensemble = RewardEnsemble(
+        [load_reward_model(out / name, tokenizer.pad_token_id, trained=True).eval() for name in names]
+    )
+    report = evaluate_reward_model(ensemble, tokenizer, data.val, data.train_probe(), cfg)
+    report["ensemble"] = {
+        "members": names,
+        "combined_by": "mean of the members' (r + bias) / std (what ppo --ensemble-reduce mean gives)",
+        "bootstrap": cfg.ensemble_bootstrap,
+        "seconds": seconds,  # each member costs one reward model's training: M× Step2
+        "member_val_accuracy": [read_eval(out / name).get("val_accuracy") for name in names],
+        "member_panel_agreement": [read_eval(out / name).get("panel_agreement") for name in names],
+    }
+    report.update(new_samples_report(ensemble, tokenizer, data, before, cfg))
+    for stale in MODEL_FILES_AT_TOP:  # a single reward model saved here before: it must not load as this one
+        for path in out.glob(stale):
+            path.unlink()
+    tokenizer.save_pretrained(out)
+    write_json(out / "eval.json", report)
+    write_json(
+        out / RLHFKIT_META,
+        {
+            "stage": "reward",
+            "chat": True,
+            "complete": True,
+            "ensemble": cfg.ensemble,
+            "members": names,
+            "bootstrap": cfg.ensemble_bootstrap,
+            "kwise": cfg.kwise,
+            **provenance(cfg, {}),
+        },
+    )  # last
+    print_report(report, cfg, len(data.items))
+    console.print(
+        f"[reward] an ensemble of {cfg.ensemble} in {out} (member val accuracy "
+        + ", ".join(f"{a:.3f}" for a in report["ensemble"]["member_val_accuracy"] if a is not None)
+        + f"; {sum(seconds):.0f} s of training, {cfg.ensemble}× one reward model's)"
+    )
+    return ensemble
+
+
+MODEL_FILES_AT_TOP = ("*.safetensors", "config.json")
+
+
+def member_name(m: int) -> str:
+    return f"member_{m}"
+
+
+def read_eval(path: Path) -> dict:
+    file = Path(path) / "eval.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def initial_models(cfg: RewardConfig) -> list[str]:
+    """The model each of the --ensemble M reward models starts from: --model for all (the SFT model, or one reward
+    model to continue), or, for --model an ensemble, its own members in turn (continuing each)."""
+    previous = members(cfg.model)
+    if not previous:
+        return [cfg.model] * cfg.ensemble
+    if len(previous) != cfg.ensemble:
+        raise UsageError(
+            f"reward --model {cfg.model} is an ensemble of {len(previous)} reward models, and --ensemble is "
+            f"{cfg.ensemble}: continuing one continues each of its members; give --ensemble {len(previous)} (or "
+            "--model the SFT model, to train a new ensemble)"
+        )
+    return [str(p) for p in previous]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,6 +349,64 @@ def load_comparisons(cfg: RewardConfig, control_tokens: list[str] | tuple = ()) 
             "--model SFT_DIR --out FILE.jsonl` and give --data FILE.jsonl (`rlhfkit pipeline` runs both)"
         )
     return list(load_preferences(cfg.data, control_tokens))
+
+
+@dataclass
+class Comparisons:
+    """The rankings a reward model trains on: --data (this round's, `new`) and --earlier-data, split by prompt
+    into train and val (`split_by_prompt`, the same split for every member of an ensemble)."""
+
+    items: list[Ranked]
+    train: list[Ranked]
+    val: list[Ranked]
+    new: list[Ranked]  # --data's rankings, in its order
+    new_writers: list[
+        list[str] | None
+    ]  # per ranking of `new`: which model wrote each answer ("models"), if known
+    new_val: list[int]  # the indices in `new` of its rankings held out for validation
+    seed: int
+
+    def train_probe(self) -> list[Ranked]:
+        """A fixed train subset as large as the val set: the train/val accuracy gap measures over-fitting."""
+        return random.Random(self.seed).sample(self.train, min(len(self.train), max(len(self.val), 1)))
+
+
+def load_rounds(cfg: RewardConfig, control_tokens: list[str] | tuple = ()) -> Comparisons:
+    """--data and every --earlier-data file, split by prompt; which rankings are --data's is kept."""
+    new = load_comparisons(cfg, control_tokens)
+    items = list(new)
+    for path in cfg.earlier_data:
+        items += load_preferences(path, control_tokens)
+    train, val = split_by_prompt(items, cfg.val_fraction, cfg.seed)
+    held_out = {id(item) for item in val}
+    writers = [record.get("models") for _, record in read_records(cfg.data)]  # aligned: one per ranking
+    if cfg.earlier_data:
+        console.print(
+            f"[reward] {len(new)} rankings of --data {cfg.data} and {len(items) - len(new)} of --earlier-data "
+            f"({len(cfg.earlier_data)} files)"
+        )
+    return Comparisons(
+        items=items,
+        train=train,
+        val=val,
+        new=new,
+        new_writers=[
+            w if isinstance(w, list) and len(w) == len(i.responses) else None for w, i in zip(writers, new)
+        ],
+        new_val=[n for n, item in enumerate(new) if id(item) in held_out],
+        seed=cfg.seed,
+    )
+
+
+def previous_reward_model(cfg: RewardConfig) -> str | None:
+    """The reward model this one replaces (--previous-reward-model, or --model when that is a reward model or an
+    ensemble: continuing it), None for a first reward model."""
+    if cfg.previous_reward_model:
+        return cfg.previous_reward_model
+    if members(cfg.model):
+        return cfg.model
+    architectures = from_pretrained(AutoConfig, cfg.model, "reward --model").architectures or []
+    return cfg.model if any(a.endswith("ForSequenceClassification") for a in architectures) else None
 
 
 def split_by_prompt(items: list[Ranked], val_fraction: float, seed: int) -> tuple[list[Ranked], list[Ranked]]:
@@ -387,6 +586,19 @@ def print_report(report: dict, cfg: RewardConfig, n_items: int) -> None:
         else f"no validation rankings (--val-fraction {cfg.val_fraction} of {n_items} rankings' prompts)"
     )
     console.print(f"[reward] {val} (train {report['train_accuracy']:.3f}); saved to {Path(cfg.out)}")
+    new = report.get("accuracy_on_new_samples")
+    if new:
+        key = "panel_agreement" if new["new_on_val"]["n_panel_pairs"] else "label_accuracy"
+        what = "agrees with the held-out panel" if key == "panel_agreement" else "orders the labels' pairs"
+
+        def shown(stats: dict | None) -> str:
+            return "—" if stats is None or stats[key] is None else f"{stats[key]:.3f}"
+
+        console.print(
+            f"[reward] on --data's {new['n_rankings']} rankings (the newest answers): the previous reward model "
+            f"{what} {shown(new['previous'])} (all), {shown(new['previous_on_val'])} (the "
+            f"{new['n_val_rankings']} held out); this one {shown(new['new_on_val'])} (held out)"
+        )
     for ranking in report.get("seed_rankings", []):
         scores = " / ".join(f"{r:+.2f}" for r in ranking["rewards"])
         verdict = "in the seed's order" if ranking["in_seed_order"] else "NOT in the seed's order"
@@ -488,6 +700,38 @@ def reward_model_vs_gold(
         "n_panel_pairs": n_pairs,
         "n_labelled_panel_pairs": n_labelled,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rounds: is the reward model still right where PPO pushed? Its agreement on the newest policy's answers, measured
+# before it is updated (the reward model PPO just optimised) and after (on the new rankings it did not train on).
+
+
+def new_samples_report(
+    model, tokenizer, data: Comparisons, before: list[float] | None, cfg: RewardConfig
+) -> dict:
+    """eval.json's "accuracy_on_new_samples" for a round's reward model, on --data (the newest policy's answers):
+    the previous reward model (`before`: its rewards of those answers) on every ranking — none of them was trained
+    on — and on the held-out ones, and this model on the held-out ones. {} for a first reward model (no previous
+    one, no --earlier-data)."""
+    if before is None and not cfg.earlier_data:
+        return {}
+    pairs = judged_pairs(data.new, data.new_writers)
+    val = set(data.new_val)
+    both = [p for p in pairs if p.labels_prefer_a is not None and p.panel_prefers_a is not None]
+    report = {
+        "data": cfg.data,
+        "n_rankings": len(data.new),
+        "n_val_rankings": len(val),
+        "labels_vs_panel_agreement": (
+            sum(p.labels_prefer_a == p.panel_prefers_a for p in both) / len(both) if both else None
+        ),
+        "previous_reward_model": previous_reward_model(cfg),
+        "previous": agreement(before, pairs) if before is not None else None,
+        "previous_on_val": agreement(before, pairs, val) if before is not None else None,
+        "new_on_val": agreement(answer_rewards(model, tokenizer, data.new, cfg.max_len), pairs, val),
+    }
+    return {"accuracy_on_new_samples": report}
 
 
 def seed_rankings(model, tokenizer, max_len: int) -> list[dict]:
