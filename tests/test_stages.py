@@ -417,3 +417,15 @@ def test_resuming_a_finished_run_names_the_settings_it_was_made_with(tiny_gpt, t
     assert sft.run(dataclasses.replace(cfg, resume=True, lr=2e-3, batch_size=2)) is None
     said = " ".join(capsys.readouterr().err.split())
     assert "it was made with batch_size 4 (now 2), lr 0.001 (now 0.002): give another --out" in said
+
+
+def test_cpu_bf16_is_decided_by_the_cpus_flags_where_it_lists_them(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
+    )
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert [rlhfkit.training.cpu_bf16_is_fast(cpuinfo=avx2) for _ in range(5)] == [False] * 5
+    assert rlhfkit.training.cpu_bf16_is_fast(cpuinfo=amx) is True
+    assert isinstance(rlhfkit.training.cpu_bf16_is_fast(cpuinfo=tmp_path / "missing"), bool)  # timed instead
