@@ -405,3 +405,112 @@ def test_the_saved_average_says_how_much_of_it_is_the_starting_policy(tiny_sft, 
     assert (
         "saved the EMA of the policy weights (decay 0.9 over 4 steps: 66% of it is still the starting" in said
     )
+
+
+# --- the gold reward (--reward-model gold: the ceiling) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ["ppo", "rloo"])
+def test_gold_reward_trains_on_the_worlds_judge_and_says_so(algo, tiny_sft, tmp_path):
+    from rlhfkit.world import score
+
+    out = tmp_path / algo
+    ppo.run(toy_config(out, tiny_sft, reward_model="gold", algo=algo, iterations=1, sample_every=1))
+    meta = read_meta(out)
+    assert (meta["reward"], meta["reward_formula"], meta["settings"]["reward_model"]) == (
+        "gold",
+        "(gold - 7) / 2",
+        "gold",
+    )
+    assert (out / "value_model").exists() == (algo == "ppo")
+    # every logged episode's reward is its answer's gold score, (gold − 7) / 2 (with or without EOS: the
+    # samples do not say which, and the gold judge's `ends` dimension tells the two apart)
+    for row in read_jsonl(out / "samples.jsonl"):
+        golds = {round((score(row["prompt"], row["response"], e).total - 7) / 2, 4) for e in (True, False)}
+        assert row["score"] in golds, row
+    assert math.isfinite(read_jsonl(out / "metrics.jsonl")[0]["reward"])
+
+
+def test_a_run_on_a_reward_model_records_it(tiny_sft, tiny_reward, tmp_path):
+    out = tmp_path / "rm"
+    ppo.run(toy_config(out, tiny_sft, reward_model=str(tiny_reward), iterations=1))
+    assert read_meta(out)["reward"] == "reward_model" and "reward_formula" not in read_meta(out)
+
+
+def test_gold_reward_is_refused_on_prompts_the_world_cannot_judge(tiny_sft, tmp_path):
+    from rlhfkit.world import split_prompts
+
+    world = [t.prompt for t in split_prompts()["rl"][:3]]
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": p} for p in world] + [{"prompt": "帮我写一首关于秋天的诗"}]
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        ppo.run(toy_config(tmp_path / "x", tiny_sft, reward_model="gold", prompts=str(prompts)))
+    message = " ".join(str(err.value).split())
+    assert f"ppo --prompts {prompts} --policy {tiny_sft} --reward-model gold" in message
+    assert "1 of 4 prompts are not one (the first, prompt 4: '帮我写一首关于秋天的诗')" in message
+    assert not (tmp_path / "x").exists()  # refused before anything was trained or written
+    from rlhfkit.cli import main  # the command line says it in one line, as a usage error (exit 2)
+
+    flags = ["--policy", str(tiny_sft), "--prompts", str(prompts), "--out", str(tmp_path / "x")]
+    assert main(["ppo", "--reward-model", "gold", *flags]) == 2
+    # the world's own prompts in a file of the user's are the world's tasks: accepted
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3]), encoding="utf-8")
+    ppo.run(toy_config(tmp_path / "y", tiny_sft, reward_model="gold", prompts=str(prompts), batch_size=8))
+    assert read_meta(tmp_path / "y")["reward"] == "gold"
+
+
+class AsciiTokenizer:
+    """A tokenizer that cannot spell Chinese: every other character comes back as <unk>."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) if ord(c) < 128 else 0 for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) if i else "<unk>" for i in ids)
+
+
+def test_gold_reward_is_refused_with_a_tokenizer_that_is_not_the_worlds(tiny_sft):
+    from rlhfkit.sources import gold_reward
+    from rlhfkit.tokenizer import load_tokenizer
+    from rlhfkit.world import split_prompts
+
+    prompts = [t.prompt for t in split_prompts()["rl"][:4]]
+    with pytest.raises(
+        ValueError, match=r"X --reward-model gold: the tokenizer is not the world's: it cannot"
+    ):
+        gold_reward(prompts, AsciiTokenizer(), "X")
+    reward = gold_reward(prompts, load_tokenizer(tiny_sft), "X")  # the world's tokenizer: accepted
+    assert reward(prompts[:1], ["重庆有洪崖洞和解放碑。"], [True])[0] > reward(prompts[:1], ["。"], [True])[0]
+
+
+@pytest.mark.parametrize("shared_trunk", [False, True])
+def test_without_a_reward_model_the_value_head_starts_at_zero(shared_trunk, tiny_sft):
+    """Gold (or a reward_fn) has no RM to copy: the value model is the policy with a zero head, every value 0."""
+    from rlhfkit.batching import encode_prompts
+    from rlhfkit.modeling import load_causal_lm, scalar_head
+    from rlhfkit.rollout import sample
+    from rlhfkit.tokenizer import load_tokenizer
+
+    config = toy_config(Path("unused"), tiny_sft, reward_model="gold", shared_trunk=shared_trunk)
+    tokenizer, policy = load_tokenizer(tiny_sft), load_causal_lm(tiny_sft).eval()
+    value_model = ppo.make_value_model(config, policy, tokenizer)
+    head = value_model if shared_trunk else scalar_head(value_model.model)
+    assert torch.count_nonzero(head.weight) == 0
+    batch = sample(
+        policy,
+        encode_prompts(tokenizer, ["请问北京有什么好玩的景点？"], chat=True),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        6,
+        1.0,
+        1.0,
+        torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        values = ppo.values_of(value_model, policy, batch, config)
+    assert values.shape == batch.response_mask.shape and torch.count_nonzero(values) == 0
+    if not shared_trunk:  # the trunk is the policy's own
+        torch.testing.assert_close(
+            value_model.model.model.embed_tokens.weight, policy.model.embed_tokens.weight
+        )

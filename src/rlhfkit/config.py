@@ -337,8 +337,16 @@ class PPOConfig(TrainArgs):
     out: str = arg("runs/ppo", "output directory")
     policy: str = arg("runs/sft", "initial policy (the SFT model); also the frozen reference π_SFT")
     ref_policy: str | None = arg(None, "reference policy for the KL penalty; default: --policy")
-    reward_model: str = arg("runs/reward", "frozen reward model (Step2)")
-    value_model: str | None = arg(None, "initial value model; default: the reward model (InstructGPT)")
+    reward_model: str = arg(
+        "runs/reward",
+        "frozen reward model (Step2), or 'gold': the embedded world's gold judge as the reward, (gold − 7) / 2 "
+        "(world prompts only; the ceiling any reward model can reach)",
+    )
+    value_model: str | None = arg(
+        None,
+        "initial value model; default: the reward model (InstructGPT), or with --reward-model gold the policy "
+        "with a zero-initialised value head",
+    )
     prompts: str = arg(
         "world", "RL prompts: {'prompt'} JSONL/dataset, or 'world' (the RL split, disjoint from SFT/RM)"
     )

@@ -24,6 +24,10 @@ Implementation details, each switchable in PPOConfig (names follow TRL):
 `--algo rloo` replaces the critic with RLOO's leave-one-out baseline over k samples per prompt (same rollout,
 same clipped policy loss, same KL-shaped reward, summed per sequence).
 
+`--reward-model gold` trains on the embedded world's gold judge instead of a reward model, (gold − 7) / 2 per
+answer (`sources.gold_reward`; world prompts only): the reports' ceiling, where the gap to PPO on the RM is the
+RM's alone. Its value model is the policy with a zero-initialised head.
+
 The reward model may be an ensemble (`reward --ensemble M`, Coste et al. 2023): each member's score in its own
 units, combined as mean − λ·std, mean − λ·variance or the minimum (`--ensemble-reduce`, `--ensemble-lambda`).
 
@@ -76,7 +80,7 @@ from rlhfkit.modeling import (
     scalar_head,
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, response_logprobs, sample
-from rlhfkit.sources import WORLD, pretrain_texts, prompt_texts
+from rlhfkit.sources import GOLD, GOLD_FORMULA, WORLD, gold_reward, pretrain_texts, prompt_texts
 from rlhfkit.tokenizer import control_tokens, load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -99,7 +103,8 @@ from rlhfkit.training import (
 
 
 def run(cfg: PPOConfig, reward_fn=None):
-    """Train; `reward_fn(prompts, responses, ended) -> (B,) tensor` replaces the reward model (tests, toy rewards)."""
+    """Train; `reward_fn(prompts, responses, ended) -> (B,) tensor` replaces the reward model (tests, toy rewards).
+    `--reward-model gold` is the embedded world's gold judge as that reward_fn (`sources.gold_reward`)."""
     out = Path(cfg.out)
     if finished_earlier(cfg, cfg.algo):
         return None
@@ -107,6 +112,11 @@ def run(cfg: PPOConfig, reward_fn=None):
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
+    reward_kind = "reward_fn" if reward_fn is not None else "reward_model"
+    if (
+        reward_fn is None and cfg.reward_model == GOLD
+    ):  # first: what the judge cannot judge stops the run here
+        reward_fn, reward_kind = gold_reward_of(cfg), GOLD
     models = build_models(cfg, reward_fn, device)
     tokenizer, ref_policy = models.tokenizer, models.ref_policy
     prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
@@ -236,9 +246,8 @@ def run(cfg: PPOConfig, reward_fn=None):
                 tensors = {name: module.state_dict() for name, module in own_state.items()}
                 save_checkpoint(accelerator, out, done, {"kl_coef": kl_ctl.value}, settings_of(cfg), tensors)
 
-    return save_final(
-        cfg, accelerator, policy, value_model, ema, tokenizer, stage, kl_ctl.value, changed, earlier
-    )
+    meta = {"kl_coef": kl_ctl.value, "changed": changed, "earlier": earlier, "reward_kind": reward_kind}
+    return save_final(cfg, accelerator, policy, value_model, ema, tokenizer, stage, **meta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -335,6 +344,16 @@ def build_models(cfg: PPOConfig, reward_fn, device) -> Models:
     return Models(tokenizer, policy, ref_policy, reward_model, units, value_model)
 
 
+def gold_reward_of(cfg: PPOConfig):
+    """`--reward-model gold`: the embedded world's gold judge on the RL prompts, as a reward_fn (refused where it
+    cannot judge: prompts that are not the world's tasks, a tokenizer that cannot write the world's text)."""
+    tokenizer = load_tokenizer(cfg.policy)
+    prompts = prompt_texts(cfg.prompts, "rl", control_tokens(tokenizer))
+    reward_fn = gold_reward(prompts, tokenizer, f"ppo --prompts {cfg.prompts} --policy {cfg.policy}")
+    console.print(f"[{cfg.algo}] reward: the embedded world's gold judge, {GOLD_FORMULA} (no reward model)")
+    return reward_fn
+
+
 def load_data(cfg: PPOConfig, tokenizer) -> tuple[list, list | None]:
     """The RL prompts, and the pretraining text of the ptx term in blocks of max_len tokens (None for plain PPO)."""
     prompts = prompt_texts(cfg.prompts, "rl", control_tokens(tokenizer))
@@ -399,20 +418,28 @@ def checkpointed_modules(cfg: PPOConfig, ema, value_model) -> dict[str, nn.Modul
 
 def make_value_model(cfg: PPOConfig, policy, tokenizer):
     """A copy of the reward model (InstructGPT), or a scalar head on the policy trunk initialised from the RM's;
-    a later round's PPO passes the previous round's value model (`--value-model ROUND_PPO/value_model`).
+    a later round's PPO passes the previous round's value model (`--value-model ROUND_PPO/value_model`). With no
+    reward model (`--reward-model gold`, a reward_fn) it is the policy with a zero-initialised head: every value
+    starts at 0, the mean of the centred reward (a random head, measured, drives the policy randomly at first).
 
     Either starts out predicting in the units PPO's rewards are in (`value_units`): a reward model's score shifted
     so the demonstrations average 0 and, with `scale_rewards`, divided by its std; a trained value model's own."""
-    source = cfg.value_model or cfg.reward_model or cfg.policy  # no RM (a reward_fn): start from the policy
+    rm_dir = "" if cfg.reward_model == GOLD else cfg.reward_model
+    source = cfg.value_model or rm_dir or cfg.policy  # no RM (gold, a reward_fn): start from the policy
     if source and members(source):  # an ensemble: its first member, in that member's units
         source = str(members(source)[0])
+    from_policy = not (cfg.value_model or rm_dir)
     if not cfg.shared_trunk:
         value_model = load_reward_model(source, tokenizer.pad_token_id).eval()
         check_vocab(value_model, tokenizer, f"ppo --value-model {source}", source)
+        if from_policy:  # the head is new: zero, so every value starts at 0 (a random head steers the policy)
+            nn.init.zeros_(scalar_head(value_model).weight)
         return ValueModel(value_model, *value_units(source, value_model.config, cfg))
     head = nn.Linear(policy.config.hidden_size, 1, bias=True)
     nn.init.zeros_(head.bias)
-    if source and Path(source).exists():
+    if from_policy:
+        nn.init.zeros_(head.weight)
+    elif source and Path(source).exists():
         rm = load_reward_model(source, tokenizer.pad_token_id)
         rm_head = scalar_head(rm)
         if rm_head.weight.shape == head.weight.shape:
@@ -589,6 +616,7 @@ def save_final(
     kl_coef: float,
     changed,
     earlier: Continued,
+    reward_kind: str = "reward_model",
 ):
     """Save the policy (its EMA where there is one; LoRA merged) and the value model; the policy is returned."""
     final = accelerator.unwrap_model(policy)
@@ -631,6 +659,10 @@ def save_final(
             kl_coef=kl_coef,
             kl_coef_start=earlier.kl_coef,
             algo=cfg.algo,
+            # what the policy was trained to raise: "reward_model" (--reward-model DIR), "gold" (the world's gold
+            # judge: the reports' ceiling row) or "reward_fn" (a Python reward given to `run`)
+            reward=reward_kind,
+            **({"reward_formula": GOLD_FORMULA} if reward_kind == GOLD else {}),
             **provenance(cfg, changed),
         )
         remove_checkpoint(out)
