@@ -299,7 +299,7 @@ def logits_check(policy_dir: Path, tokenizer, prompts: list[str], s: Settings, s
 
 
 def run_rlhfkit(algo: str, model: dict, prompts: Path, s: Settings, iterations: int, warmup: int) -> dict:
-    from rlhfkit.config import PPOConfig
+    from rlhfkit.config import PPOConfig, preset_config
     from rlhfkit.stages import ppo
 
     clock = PhaseClock()
@@ -318,7 +318,8 @@ def run_rlhfkit(algo: str, model: dict, prompts: Path, s: Settings, iterations: 
             super().log(step, metrics, show)
 
     with tempfile.TemporaryDirectory(dir=WORK) as out:
-        cfg = PPOConfig(
+        cfg = preset_config(
+            PPOConfig,
             out=out,
             policy=str(model["policy"]),
             reward_model=str(model["reward"]),

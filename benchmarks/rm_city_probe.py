@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.batching import score_responses
-from rlhfkit.config import RewardConfig
+from rlhfkit.config import RewardConfig, preset_config
 from rlhfkit.modeling import load_reward_model
 from rlhfkit.stages import reward
 from rlhfkit.tokenizer import load_tokenizer
@@ -77,7 +77,8 @@ def main() -> None:
     results = []
     for epochs in args.epochs:
         out = work / f"epochs_{epochs:g}"
-        cfg = RewardConfig(
+        cfg = preset_config(
+            RewardConfig,
             out=str(out),
             model=str(run / "sft"),
             data=str(data),

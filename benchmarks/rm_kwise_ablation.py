@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from rlhfkit.config import RewardConfig
+from rlhfkit.config import RewardConfig, preset_config
 from rlhfkit.data import load_preferences
 from rlhfkit.stages import reward
 from rlhfkit.training import quiet_libraries
@@ -39,7 +39,8 @@ def main() -> None:
     for epochs in args.epochs:
         for kwise in (True, False):
             out = Path(args.out) / f"{'kwise' if kwise else 'pairs'}_ep{epochs:g}"
-            cfg = RewardConfig(
+            cfg = preset_config(
+                RewardConfig,
                 out=str(out),
                 model=str(run / "sft"),
                 data=str(run / "data" / "comparisons.jsonl"),

@@ -83,12 +83,13 @@ def tiny_gpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sft(tiny_gpt, tmp_path_factory) -> Path:
     """Step1 on the world's demonstrations, 20 steps of 8."""
-    from rlhfkit.config import SFTConfig
+    from rlhfkit.config import SFTConfig, preset_config
     from rlhfkit.stages import sft
 
     out = tmp_path_factory.mktemp("sft")
     sft.run(
-        SFTConfig(
+        preset_config(
+            SFTConfig,
             out=str(out),
             model=str(tiny_gpt),
             max_steps=20,
@@ -120,9 +121,13 @@ TINY_REWARD = dict(
 @pytest.fixture(scope="session")
 def tiny_reward(tiny_sft, tiny_comparisons, tmp_path_factory) -> Path:
     """Step2: two epochs of the K-wise ranking loss, centred on the world's demonstrations."""
-    from rlhfkit.config import RewardConfig
+    from rlhfkit.config import RewardConfig, preset_config
     from rlhfkit.stages import reward
 
     out = tmp_path_factory.mktemp("reward")
-    reward.run(RewardConfig(out=str(out), model=str(tiny_sft), data=str(tiny_comparisons), **TINY_REWARD))
+    reward.run(
+        preset_config(
+            RewardConfig, out=str(out), model=str(tiny_sft), data=str(tiny_comparisons), **TINY_REWARD
+        )
+    )
     return out

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from rlhfkit.config import DPOConfig, PPOConfig, RewardConfig, SFTConfig, preset_config
 from rlhfkit.modeling import load_causal_lm, load_reward_model
 from rlhfkit.stages import dpo, ppo, reward, sft
 from rlhfkit.training import TrainingError, check_finite, cosine_schedule, make_accelerator
@@ -75,20 +75,29 @@ def main() -> None:
     trained = {
         "sft": (
             sft_before,
-            sft.run(SFTConfig(out=f"{out}/sft", model=sft_dir, max_steps=2, batch_size=4, **common)),
+            sft.run(
+                preset_config(SFTConfig, out=f"{out}/sft", model=sft_dir, max_steps=2, batch_size=4, **common)
+            ),
         ),
         "reward": (
             parameter_sum(seeded(load_reward_model, sft_dir, 0)),  # the head starts as the stage's does
             reward.run(
-                RewardConfig(
-                    out=f"{out}/rm", model=sft_dir, data=comparisons, max_steps=2, batch_size=4, **common
+                preset_config(
+                    RewardConfig,
+                    out=f"{out}/rm",
+                    model=sft_dir,
+                    data=comparisons,
+                    max_steps=2,
+                    batch_size=4,
+                    **common,
                 )
             ),
         ),
         "dpo": (
             sft_before,
             dpo.run(
-                DPOConfig(
+                preset_config(
+                    DPOConfig,
                     out=f"{out}/dpo",
                     policy=sft_dir,
                     data=comparisons,
@@ -100,7 +109,8 @@ def main() -> None:
             ),
         ),
     }
-    ppo_config = PPOConfig(
+    ppo_config = preset_config(
+        PPOConfig,
         out=f"{out}/ppo",
         policy=sft_dir,
         reward_model=reward_dir,
@@ -120,7 +130,10 @@ def main() -> None:
         name: {"before": every_rank(before), "after": every_rank(parameter_sum(model))}
         for name, (before, model) in trained.items()
     }
-    sft_config, ppo_steps = SFTConfig(), ppo_config.iterations * ppo_config.ppo_epochs * 2  # 2 minibatches
+    sft_config, ppo_steps = (
+        preset_config(SFTConfig),
+        ppo_config.iterations * ppo_config.ppo_epochs * 2,
+    )  # 2 minibatches
     result["lr"] = {
         "sft": [last_lr(f"{out}/sft"), scheduled_lr(sft_config.lr, sft_config.warmup_steps, 2, 2)],
         "ppo": [

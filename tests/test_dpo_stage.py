@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import assert_same_run, console_text, read_jsonl, weights
-from rlhfkit.config import DPOConfig
+from rlhfkit.config import DPOConfig, preset_config
 from rlhfkit.stages import dpo
 from rlhfkit.tokenizer import format_prompt, load_tokenizer
 
@@ -18,7 +18,7 @@ from rlhfkit.tokenizer import format_prompt, load_tokenizer
 def training_config(out, policy, data, **kw) -> DPOConfig:
     """A short DPO run on the tiny SFT model: β 1, no warm-up, every step logged, no checkpoints."""
     values = dict(batch_size=8, beta=1.0, warmup_steps=0, max_len=64, log_every=1, save_every=0)
-    return DPOConfig(out=str(out), policy=str(policy), data=str(data), **{**values, **kw})
+    return preset_config(DPOConfig, out=str(out), policy=str(policy), data=str(data), **{**values, **kw})
 
 
 def rankings_file(tmp_path, n: int = 8) -> Path:
@@ -72,7 +72,7 @@ def test_dpo_rejects_a_ranking_of_only_ties_with_file_and_line(tiny_sft, tmp_pat
         {"prompt": "请问北京有什么好玩的景点？", "responses": ["故宫。", "长城。"], "ranks": [1, 1]},
     ]
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=64)
+    cfg = preset_config(DPOConfig, out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=64)
     with pytest.raises(DataError, match=f'{data}:2: field "ranks"'):
         dpo.encode_rankings(cfg, load_tokenizer(tiny_sft))
 
@@ -84,7 +84,7 @@ def test_a_prompt_longer_than_max_len_keeps_every_answer_token(tiny_sft, tmp_pat
     row = {"prompt": "请问北京有什么好玩的景点？" * 20, "chosen": answers[0], "rejected": answers[1]}
     data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     tokenizer = load_tokenizer(tiny_sft)
-    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32)
+    cfg = preset_config(DPOConfig, out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32)
     (ranking,) = dpo.encode_rankings(cfg, tokenizer)
     for ids, n_prompt, answer in zip(ranking.rows, ranking.prompt_lens, answers):
         assert len(ids) == 32 and 0 < n_prompt < 32
@@ -102,7 +102,7 @@ def test_a_conversation_reaches_the_model_whole(tiny_sft, tmp_path):
     data = tmp_path / "conv.jsonl"
     data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     tokenizer = load_tokenizer(tiny_sft)
-    cfg = DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data))
+    cfg = preset_config(DPOConfig, out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data))
     (ranking,) = dpo.encode_rankings(cfg, tokenizer)
     for ids, n_prompt in zip(ranking.rows, ranking.prompt_lens):
         assert tokenizer.decode(ids[:n_prompt]) == format_prompt(tokenizer, turns)
@@ -182,13 +182,15 @@ def test_rows_longer_than_max_len_are_counted_in_a_warning(tiny_sft, tmp_path, c
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     dpo.encode_rankings(
-        DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32), tokenizer
+        preset_config(DPOConfig, out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=32),
+        tokenizer,
     )
     assert (
         "[dpo] warning: 1 of 4 responses are longer than --max-len 32 with their prompt; they keep their last 32 "
         "tokens (the prompt's start is cut)"
     ) in console_text(capsys)
     dpo.encode_rankings(
-        DPOConfig(out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=512), tokenizer
+        preset_config(DPOConfig, out=str(tmp_path / "o"), policy=str(tiny_sft), data=str(data), max_len=512),
+        tokenizer,
     )
     assert "warning" not in console_text(capsys)

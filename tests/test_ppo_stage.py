@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from conftest import read_jsonl, without_time
-from rlhfkit.config import PPOConfig
+from rlhfkit.config import PPOConfig, preset_config
 from rlhfkit.modeling import read_meta
 from rlhfkit.stages import ppo
 from rlhfkit.training import TrainingError
@@ -44,7 +44,7 @@ def toy_config(out: Path, policy: Path, **kw) -> PPOConfig:
         sample_every=0,
     )
     values.update(kw)
-    return PPOConfig(out=str(out), **values)
+    return preset_config(PPOConfig, out=str(out), **values)
 
 
 def test_ppo_raises_a_toy_reward(tiny_sft, tmp_path):

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import TINY_REWARD, read_jsonl
 from rlhfkit.batching import encode_items, score_responses
 from rlhfkit.cli import main
-from rlhfkit.config import RewardConfig
+from rlhfkit.config import RewardConfig, preset_config
 from rlhfkit.data import Ranked
 from rlhfkit.modeling import load_reward_model, read_meta
 from rlhfkit.stages import reward
@@ -140,7 +140,8 @@ def test_score_responses_is_last_token_head_plus_bias(tiny_reward):
 def test_pairwise_ablation_runs(tiny_sft, tiny_comparisons, tmp_path):
     out = tmp_path / "pairs"
     reward.run(
-        RewardConfig(
+        preset_config(
+            RewardConfig,
             out=str(out),
             model=str(tiny_sft),
             data=str(tiny_comparisons),
@@ -266,8 +267,14 @@ def test_comparisons_outside_the_world_are_centred_on_their_best_answers(tiny_sf
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rm"
     model = reward.run(
-        RewardConfig(
-            out=str(out), model=str(tiny_sft), data=str(data), max_steps=2, batch_size=4, val_fraction=0
+        preset_config(
+            RewardConfig,
+            out=str(out),
+            model=str(tiny_sft),
+            data=str(data),
+            max_steps=2,
+            batch_size=4,
+            val_fraction=0,
         )
     )
     printed = " ".join(capsys.readouterr().err.split())
@@ -337,7 +344,9 @@ def test_best_answers_standing_in_for_demonstrations_keep_their_ended_flag(monke
         Ranked("Bye?", ["first", "second"], [2, 1]),  # no "ended" field: every answer ended
     ]
     model = SimpleNamespace(config=SimpleNamespace(reward_bias=5.0))
-    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(max_len=32), items, None)
+    bias, scale = reward.centre_on_demonstrations(
+        model, None, preset_config(RewardConfig, max_len=32), items, None
+    )
     assert scored == {
         "prompts": ["Hi?", "Hi?", "Bye?", "Bye?"],
         "responses": ["cut off", "done", "first", "second"],
@@ -359,7 +368,7 @@ def test_identical_best_answers_do_not_shrink_the_reward_scale(monkeypatch):
         Ranked("Where is the Louvre?", ["Paris.", "No idea."], [1, 2]),
     ]
     model = SimpleNamespace(config=SimpleNamespace(reward_bias=0.0))
-    bias, scale = reward.centre_on_demonstrations(model, None, RewardConfig(), items, None)
+    bias, scale = reward.centre_on_demonstrations(model, None, preset_config(RewardConfig), items, None)
     assert bias == -2.0  # the best answers, which stand in for demonstrations, score 0
     assert scale == pytest.approx(torch.tensor([-1.0, 2.0, -3.0, 2.0, -3.0]).std().item())
     assert scale > 2.0
@@ -375,11 +384,11 @@ def test_demonstrations_files_are_read_before_training(tmp_path):
         + "\n",
         encoding="utf-8",
     )
-    cfg = RewardConfig(demonstrations=str(sft))
+    cfg = preset_config(RewardConfig, demonstrations=str(sft))
     assert reward.load_demonstrations(cfg, []) == [("你好", "你好！", True), (turns[:1], "重庆。", True)]
-    assert reward.load_demonstrations(RewardConfig(demonstrations=""), []) is None
+    assert reward.load_demonstrations(preset_config(RewardConfig, demonstrations=""), []) is None
     world = reward.load_demonstrations(
-        RewardConfig(), [Ranked(demonstrations()[0]["prompt"], ["a", "b"], [1, 2])]
+        preset_config(RewardConfig), [Ranked(demonstrations()[0]["prompt"], ["a", "b"], [1, 2])]
     )
     assert world == [(d["prompt"], d["completion"], True) for d in demonstrations()]
 
@@ -432,5 +441,9 @@ def test_conversation_prompts_without_a_chat_template_stop_before_training(tiny_
     with pytest.raises(
         ValueError, match=r"1 rows give the prompt as a conversation \(the first is ranking 2\)"
     ):
-        reward.run(RewardConfig(out=str(tmp_path / "rm"), model=str(base), data=str(data), max_steps=1))
+        reward.run(
+            preset_config(
+                RewardConfig, out=str(tmp_path / "rm"), model=str(base), data=str(data), max_steps=1
+            )
+        )
     assert not (tmp_path / "rm" / "checkpoint").exists()

@@ -20,7 +20,7 @@ from conftest import TINY_REWARD, console_text, read_jsonl
 from rlhfkit import rounds
 from rlhfkit.batching import score_responses
 from rlhfkit.cli import main
-from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig
+from rlhfkit.config import EvalConfig, LabelConfig, PPOConfig, RewardConfig, preset_config
 from rlhfkit.data import load_preferences, load_responses
 from rlhfkit.ensemble import RewardEnsemble, is_ensemble, load_judge
 from rlhfkit.errors import UsageError
@@ -53,7 +53,7 @@ def toy_ppo(out: Path, policy: Path, **kw) -> PPOConfig:
         save_every=0,
         sample_every=1,
     )
-    return PPOConfig(out=str(out), **{**values, **kw})
+    return preset_config(PPOConfig, out=str(out), **{**values, **kw})
 
 
 # --- label: the round's policy beside SFT, on a part of the prompts -----------------------------------------------
@@ -158,7 +158,11 @@ def test_agreement_by_hand():
 def continued_rm(tiny_reward, round_comparisons, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rm_continued")
     settings = {**TINY_REWARD, "epochs": 1.0, "warmup_steps": 0, "lr": 5e-4, "mixed_precision": "no"}  # fp32
-    reward.run(RewardConfig(out=str(out), model=str(tiny_reward), data=str(round_comparisons), **settings))
+    reward.run(
+        preset_config(
+            RewardConfig, out=str(out), model=str(tiny_reward), data=str(round_comparisons), **settings
+        )
+    )
     return out
 
 
@@ -171,7 +175,7 @@ def test_a_continued_reward_model_starts_from_the_previous_one_head_included(
 
     # The loss logged at step 1 is that of the model before its first update: the previous reward model's, head
     # and all, on the first batch (a fresh head would give log 2 on any batch).
-    cfg = RewardConfig(**read_meta(continued_rm)["settings"])
+    cfg = preset_config(RewardConfig, **read_meta(continued_rm)["settings"])
     train, _ = reward.split_by_prompt(list(load_preferences(round_comparisons)), cfg.val_fraction, cfg.seed)
     batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, 0, cfg.seed)]
     tokenizer = load_tokenizer(tiny_reward)
@@ -213,7 +217,8 @@ def test_a_retrained_reward_model_trains_on_every_round(
     tiny_sft, tiny_reward, tiny_comparisons, round_comparisons, tmp_path
 ):
     out = tmp_path / "rm_retrained"
-    cfg = RewardConfig(
+    cfg = preset_config(
+        RewardConfig,
         out=str(out),
         model=str(tiny_sft),
         data=str(round_comparisons),
@@ -371,7 +376,14 @@ def test_a_round_from_rankings_exported_by_the_label_server(tiny_sft, tiny_gpt, 
 def tiny_ensemble(tiny_sft, tiny_comparisons, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ensemble")
     reward.run(
-        RewardConfig(out=str(out), model=str(tiny_sft), data=str(tiny_comparisons), ensemble=2, **TINY_REWARD)
+        preset_config(
+            RewardConfig,
+            out=str(out),
+            model=str(tiny_sft),
+            data=str(tiny_comparisons),
+            ensemble=2,
+            **TINY_REWARD,
+        )
     )
     return out
 
@@ -459,7 +471,8 @@ def test_ppo_best_of_n_and_score_take_an_ensemble(tiny_ensemble, tiny_sft, tmp_p
 
 def test_continuing_an_ensemble_continues_each_member(tiny_ensemble, round_comparisons, tmp_path):
     out = tmp_path / "ens2"
-    cfg = RewardConfig(
+    cfg = preset_config(
+        RewardConfig,
         out=str(out),
         model=str(tiny_ensemble),
         data=str(round_comparisons),
@@ -494,8 +507,12 @@ def test_an_ensemble_missing_a_member_is_named(tiny_ensemble, tmp_path):
 def test_round_settings_chain_the_steps():
     steps = {
         "label": LabelConfig(out="run/data/comparisons.jsonl", model="run/sft"),
-        "reward": RewardConfig(out="run/reward", model="run/sft", data="run/data/comparisons.jsonl"),
-        "ppo": PPOConfig(out="run/ppo", policy="run/sft", reward_model="run/reward", kl_coef=0.05),
+        "reward": preset_config(
+            RewardConfig, out="run/reward", model="run/sft", data="run/data/comparisons.jsonl"
+        ),
+        "ppo": preset_config(
+            PPOConfig, out="run/ppo", policy="run/sft", reward_model="run/reward", kl_coef=0.05
+        ),
     }
     plan = rounds.RoundPlan(rounds=3, iterations_total=60, label_prompts="run/data/rl_prompts.jsonl")
     first = rounds.round_configs(steps, plan, "w", 1)
@@ -531,7 +548,7 @@ def test_round_settings_chain_the_steps():
 
 
 def test_a_pipeline_may_keep_the_first_part_for_step2():
-    steps = {"label": LabelConfig(), "reward": RewardConfig(), "ppo": PPOConfig()}
+    steps = {"label": LabelConfig(), "reward": preset_config(RewardConfig), "ppo": preset_config(PPOConfig)}
     plan = rounds.RoundPlan(
         rounds=2, iterations_total=4, label_prompts="world", label_parts=3, label_part_offset=1
     )

@@ -20,7 +20,7 @@ from transformers import (
 import rlhfkit.stages.lm
 import rlhfkit.training
 from conftest import TINY_PRETRAIN, assert_same_run, read_jsonl, weights
-from rlhfkit.config import PretrainConfig, SFTConfig
+from rlhfkit.config import PretrainConfig, SFTConfig, preset_config
 from rlhfkit.modeling import check_vocab, read_meta
 from rlhfkit.stages import pretrain, sft
 from rlhfkit.stages.sft import build_examples
@@ -122,7 +122,8 @@ def test_a_resume_with_other_settings_names_them_and_the_model_records_both(tiny
 
 def test_a_resume_that_adds_lora_is_refused_naming_the_setting(tiny_gpt, tmp_path):
     def config(**kw):
-        return SFTConfig(
+        return preset_config(
+            SFTConfig,
             out=str(tmp_path / "sft"),
             model=str(tiny_gpt),
             max_steps=6,
@@ -140,8 +141,14 @@ def test_a_resume_that_adds_lora_is_refused_naming_the_setting(tiny_gpt, tmp_pat
 
 def test_a_resume_without_a_checkpoint_says_it_starts_over(tiny_gpt, tmp_path, capsys):
     sft.run(
-        SFTConfig(
-            out=str(tmp_path / "sft"), model=str(tiny_gpt), max_steps=1, batch_size=4, max_len=64, resume=True
+        preset_config(
+            SFTConfig,
+            out=str(tmp_path / "sft"),
+            model=str(tiny_gpt),
+            max_steps=1,
+            batch_size=4,
+            max_len=64,
+            resume=True,
         )
     )
     assert "no checkpoint in" in " ".join(capsys.readouterr().err.split())
@@ -149,7 +156,8 @@ def test_a_resume_without_a_checkpoint_says_it_starts_over(tiny_gpt, tmp_path, c
 
 def test_lora_sft_resume_is_exact(tiny_gpt, tmp_path):
     def config(out, **kw):
-        return SFTConfig(
+        return preset_config(
+            SFTConfig,
             out=str(out),
             model=str(tiny_gpt),
             lora_r=4,
@@ -215,7 +223,7 @@ def test_vocab_mismatch_names_both_sizes(tiny_gpt, tmp_path):
     tokenizer = load_tokenizer(tiny_gpt)
     small = tiny_llama_dir(tmp_path / "small", tokenizer, vocab_size=100)
     with pytest.raises(ValueError, match=rf"{len(tokenizer)} tokens.*embedding table has 100"):
-        sft.run(SFTConfig(out=str(tmp_path / "out"), model=str(small), max_steps=1))
+        sft.run(preset_config(SFTConfig, out=str(tmp_path / "out"), model=str(small), max_steps=1))
     with pytest.raises(ValueError, match=rf"where: the tokenizer has {len(tokenizer)} tokens.* has 100"):
         check_vocab(AutoModelForCausalLM.from_pretrained(small), tokenizer, "where")
     check_vocab(AutoModelForCausalLM.from_pretrained(tiny_gpt), tokenizer, "fine")  # matching sizes pass
@@ -228,7 +236,7 @@ def test_vocab_mismatch_names_both_sizes(tiny_gpt, tmp_path):
 def test_every_second_model_is_checked_against_the_tokenizer(
     where, tiny_sft, tiny_reward, tiny_comparisons, tmp_path
 ):
-    from rlhfkit.config import DPOConfig, EvalConfig, PPOConfig
+    from rlhfkit.config import DPOConfig, EvalConfig, PPOConfig, preset_config
     from rlhfkit.evaluate import run as evaluate
     from rlhfkit.stages import dpo, ppo
 
@@ -242,12 +250,16 @@ def test_every_second_model_is_checked_against_the_tokenizer(
     out = str(tmp_path / "out")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
-    ppo_cfg = PPOConfig(out=out, policy=str(tiny_sft), reward_model=str(tiny_reward), iterations=1)
+    ppo_cfg = preset_config(
+        PPOConfig, out=out, policy=str(tiny_sft), reward_model=str(tiny_reward), iterations=1
+    )
     runs = {
         "ppo --ref-policy": lambda: ppo.run(dataclasses.replace(ppo_cfg, ref_policy=small)),
         "ppo --value-model": lambda: ppo.run(dataclasses.replace(ppo_cfg, value_model=small)),
         "dpo --ref-policy": lambda: dpo.run(
-            DPOConfig(out=out, policy=str(tiny_sft), ref_policy=small, data=str(tiny_comparisons))
+            preset_config(
+                DPOConfig, out=out, policy=str(tiny_sft), ref_policy=small, data=str(tiny_comparisons)
+            )
         ),
         "eval --models": lambda: evaluate(EvalConfig(out=out, models=[f"sft={tiny_sft}", f"small={small}"])),
         "eval --judge": lambda: evaluate(
@@ -313,7 +325,8 @@ def test_sft_loss_falls_and_saves_a_chat_model(tiny_sft):
 
 def test_sft_with_lora_saves_a_merged_model(tiny_gpt, tmp_path):
     out = tmp_path / "lora"
-    cfg = SFTConfig(
+    cfg = preset_config(
+        SFTConfig,
         out=str(out),
         model=str(tiny_gpt),
         lora_r=4,
@@ -344,7 +357,11 @@ def test_sft_accepts_a_plain_hf_model_dir(tiny_gpt, tmp_path):
     model_dir = tiny_llama_dir(tmp_path / "hf", tokenizer, vocab_size=len(tokenizer))
     assert not (model_dir / "rlhfkit.json").exists()
     out = tmp_path / "sft"
-    sft.run(SFTConfig(out=str(out), model=str(model_dir), max_steps=3, batch_size=4, max_len=64, log_every=1))
+    sft.run(
+        preset_config(
+            SFTConfig, out=str(out), model=str(model_dir), max_steps=3, batch_size=4, max_len=64, log_every=1
+        )
+    )
     assert read_meta(out)["chat"] is True
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_key_value_heads == 1  # the user's architecture, not the default model
@@ -406,7 +423,9 @@ def test_a_checkpoint_whose_optimizer_does_not_fit_is_a_clear_error(tmp_path):
 
 
 def test_resuming_a_finished_run_names_the_settings_it_was_made_with(tiny_gpt, tmp_path, capsys):
-    cfg = SFTConfig(out=str(tmp_path / "sft"), model=str(tiny_gpt), max_steps=2, batch_size=4, max_len=64)
+    cfg = preset_config(
+        SFTConfig, out=str(tmp_path / "sft"), model=str(tiny_gpt), max_steps=2, batch_size=4, max_len=64
+    )
     sft.run(cfg)
     assert read_meta(tmp_path / "sft")["settings"] == {
         k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"

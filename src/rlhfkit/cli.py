@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, description) in STAGES.items():
-        C.add_arguments(sub.add_parser(name, help=description, description=description), cls)
+        stage = sub.add_parser(name, help=description, description=description)
+        C.add_arguments(stage, cls)
+        C.add_preset_argument(stage)
     gen = sub.add_parser(
         "generate",
         help="sample answers from a model",
@@ -150,7 +152,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> None:
     command = "rlhfkit " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.command in STAGES:
         cls, target, _ = STAGES[args.command]
-        cfg = C.from_args(cls, args)
+        cfg = C.from_args(cls, args, step=args.command)
         file, replaced = args.command == "label", args.command not in ("label", "eval")
         with _lock(locked, cfg.out, command, is_file=file, replaced=replaced):
             _load_function(target)(cfg)

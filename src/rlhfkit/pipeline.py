@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from rlhfkit import config as C
-from rlhfkit.config import METHODS, PipelineConfig
+from rlhfkit.config import METHODS, PRESETS, PipelineConfig
 from rlhfkit.console import console
 from rlhfkit.errors import UsageError
 from rlhfkit.evaluate import run as evaluate
@@ -38,63 +38,6 @@ from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
 from rlhfkit.training import is_finished
 from rlhfkit.world import export_world
 
-# What each preset changes from the config dataclasses' defaults, which are the default run's (measured: see the
-# comments there). Anything here can be overridden from a YAML file (a section per step).
-PRESETS: dict[str, dict[str, dict]] = {
-    # The test/CI size: every step runs, nothing is learned well (about a minute). It keeps the smaller data and
-    # the milder settings it was measured with (one round of K=4 rankings, β = 0.05 over 3 iterations).
-    "tiny": {
-        "pretrain": {
-            "world_docs": 800,
-            "max_steps": 40,
-            "batch_size": 16,
-            "hidden_size": 64,
-            "num_layers": 2,
-            "num_heads": 2,
-            "intermediate_size": 128,
-            "vocab_size": 1000,
-            "save_every": 20,
-        },
-        "sft": {"epochs": 1.0, "batch_size": 16},
-        "label": {"k": 4, "rounds": 1, "max_new_tokens": 24},
-        "reward": {"epochs": 0.5, "lr": 5e-4, "warmup_steps": 20, "eval_every": 10},
-        "ppo": {
-            "iterations": 3,
-            "batch_size": 16,
-            "mini_batch_size": 8,
-            "max_new_tokens": 24,
-            "kl_coef": 0.05,
-            "save_every": 2,
-            "ema_decay": 0.0,  # 12 steps: an average at 0.992 would still be 91% the SFT model
-        },
-        "dpo": {"epochs": 2.0},
-        "eval": {"samples_per_prompt": 1, "max_new_tokens": 24, "best_of_n": [4, 16]},
-    },
-    "default": {  # the README's run: a 1.2M-parameter Llama on a 2-core CPU, with the dataclasses' settings
-        # and best-of-4 (best-of-16, 16 samples per answer and most of the eval's time, is left to
-        # `benchmarks/overoptimization.py` and YAML: eval: {best_of_n: [4, 16]}; `rlhfkit eval` alone has no RM)
-        "eval": {"best_of_n": [4]},
-    },
-    "large": {  # more parameters and data: meant for a GPU
-        "pretrain": {
-            # 100000 documents (68k distinct, ~1.6M tokens of this vocabulary), each seen about 8 times
-            "world_docs": 100000,
-            "max_steps": 1500,
-            "hidden_size": 512,
-            "num_layers": 8,
-            "num_heads": 8,
-            "intermediate_size": 1408,
-            "vocab_size": 6000,
-            "batch_size": 64,
-            "lr": 1e-3,
-        },
-        "sft": {"epochs": 6.0, "lr": 3e-4},
-        "reward": {"lr": 3e-4},
-        "ppo": {"iterations": 200, "batch_size": 128, "mini_batch_size": 32, "lr": 2e-5, "vf_lr": 1e-4},
-        "dpo": {"lr": 5e-5},
-        "eval": {"best_of_n": [4, 16]},
-    },
-}
 PTX_COEF = 1.0  # the pipeline's PPO-ptx: PPO's settings plus the pretraining LM loss at γ = 1
 STEP_CONFIGS = {
     "pretrain": C.PretrainConfig,

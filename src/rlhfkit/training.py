@@ -138,7 +138,14 @@ def cpu_bf16_is_fast(size: int = 256, repeats: int = 3, cpuinfo: str = "/proc/cp
 def cosine_schedule(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
 ):
-    """Linear warm-up, then cosine decay to min_ratio · lr."""
+    """Linear warm-up, then cosine decay to min_ratio · lr. A warm-up longer than the run is cut to the run (said):
+    the learning rate would otherwise never reach its peak."""
+    if warmup_steps > total_steps:
+        console.print(
+            f"[schedule] --warmup-steps {warmup_steps} is longer than the run's {total_steps} optimizer steps: "
+            f"warming up over {total_steps}"
+        )
+        warmup_steps = total_steps
 
     def factor(step: int) -> float:
         if step < warmup_steps:
