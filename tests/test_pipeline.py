@@ -14,8 +14,8 @@ from rlhfkit.cli import main
 from rlhfkit.modeling import read_meta
 from rlhfkit.world import FAMILIES, SEED_PROMPTS
 
-POLICIES = ("gpt", "sft", "ppo", "ppo_ptx")
-STEPS = ("pretrain", "sft", "label", "reward", "ppo", "ppo_ptx", "eval")
+POLICIES = ("gpt", "sft", "ppo", "ppo_ptx", "ppo_gold")
+STEPS = ("pretrain", "sft", "label", "reward", "ppo", "ppo_ptx", "ppo_gold", "eval")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_artifact_exists_and_loads(tiny_run):
     reward = AutoModelForSequenceClassification.from_pretrained(out / "reward", num_labels=1)
     assert math.isfinite(reward.config.reward_bias) and reward.config.reward_std > 0
     assert "val_accuracy" in json.loads((out / "reward" / "eval.json").read_text())
-    for name in ("ppo", "ppo_ptx"):
+    for name in ("ppo", "ppo_ptx", "ppo_gold"):
         AutoModelForSequenceClassification.from_pretrained(out / name / "value_model", num_labels=1)
 
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
@@ -95,7 +95,7 @@ def test_report_is_complete(tiny_run):
     for name in POLICIES:
         assert models[name]["pretrain_ppl"] > 1.0, name
     assert models["gpt"]["kl_to_sft"] is None
-    for name in ("sft", "ppo", "ppo_ptx"):
+    for name in ("sft", "ppo", "ppo_ptx", "ppo_gold"):
         assert math.isfinite(models[name]["kl_to_sft"]), name
     assert models["sft"]["win_rate"] == 0.5 and models["sft"]["win_rate_ci"] == [0.5, 0.5]
     assert abs(models["sft"]["kl_to_sft"]) < 1e-6
@@ -106,6 +106,25 @@ def test_report_is_complete(tiny_run):
     for prompt, answers in report["seed_prompts"].items():
         assert set(answers) == set(models), prompt
         assert all(isinstance(a, str) for a in answers.values())
+
+
+@pytest.mark.slow
+def test_the_gold_reward_ceiling_is_ppo_on_its_own_settings_and_shown_as_the_ceiling(tiny_run):
+    """ppo_gold is PPO with the gold judge as the reward and every other setting PPO's, and the report says it is
+    the ceiling (last row, named so; hatched in winrate.png)."""
+    gold, ppo = read_meta(tiny_run / "ppo_gold"), read_meta(tiny_run / "ppo")
+    assert (gold["reward"], ppo["reward"]) == ("gold", "reward_model")
+    differ = {k for k in ppo["settings"] if ppo["settings"][k] != gold["settings"][k]}
+    assert differ == {"out", "reward_model"} and gold["settings"]["reward_model"] == "gold"
+    report = json.loads((tiny_run / "eval" / "report.json").read_text(encoding="utf-8"))
+    assert report["models"]["ppo_gold"]["reward"] == "gold"
+    assert report["models"]["ppo"]["reward"] == "reward_model" and "reward" not in report["models"]["sft"]
+    md = (tiny_run / "eval" / "report.md").read_text(encoding="utf-8")
+    rows = [
+        line for line in md.split("## Win rate by prompt family")[0].splitlines() if line.startswith("| ")
+    ]
+    assert rows[-1].startswith("| ppo_gold: PPO on gold (ceiling) | ")  # the upper reference, last
+    assert "**ppo_gold** is trained on the embedded world's gold judge instead of the reward model" in md
 
 
 @pytest.mark.slow
@@ -251,9 +270,16 @@ def test_a_step_section_cannot_set_the_run_wide_seed(tmp_path):
 
 
 def test_the_ppo_section_is_every_step3_methods(tmp_path):
-    config = {"ppo": {"kl_coef": 0.5, "iterations": 5}, "rloo": {"iterations": 7}}
+    config = {
+        "ppo": {"kl_coef": 0.5, "iterations": 5, "reward_model": "elsewhere"},
+        "rloo": {"iterations": 7},
+    }
     _, steps = resolved("--preset", "tiny", config=config, tmp_path=tmp_path)
     assert (steps["ppo"].kl_coef, steps["ppo"].iterations) == (0.5, 5)
+    # the ceiling takes PPO's settings but never its reward model: the two differ in the reward alone
+    gold = steps["ppo_gold"]
+    assert (gold.kl_coef, gold.iterations, gold.reward_model) == (0.5, 5, "gold")
+    assert gold.out.endswith("ppo_gold") and gold.policy == steps["ppo"].policy
     assert (steps["ppo_ptx"].kl_coef, steps["ppo_ptx"].iterations, steps["ppo_ptx"].ptx_coef) == (0.5, 5, 1.0)
     assert (steps["rloo"].kl_coef, steps["rloo"].iterations, steps["rloo"].algo) == (0.5, 7, "rloo")
 
@@ -275,9 +301,10 @@ def test_fingerprints_follow_settings_and_parents(tmp_path):
         "ppo_ptx",
         "rloo",
         "eval",
-    }  # not DPO
+    }  # not DPO, nor PPO on gold (no reward model)
     # how a step runs is not what it makes: compiling the sampler leaves every step as it was
-    compiled = {step: {"compile_sampler": True} for step in ("label", "ppo", "ppo_ptx", "rloo", "eval")}
+    steps = ("label", "ppo", "ppo_ptx", "rloo", "ppo_gold", "eval")
+    compiled = {step: {"compile_sampler": True} for step in steps}
     assert prints("--out", str(tmp_path / "a"), config=compiled) == base
 
 
@@ -293,7 +320,7 @@ def test_resume_rebuilds_what_changed_settings_make_stale(tiny_run, tmp_path, ca
     capsys.readouterr()
     assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--resume", "--config", str(config)]) == 0
     console = console_text(capsys)
-    for name in ("ppo", "ppo_ptx"):
+    for name in ("ppo", "ppo_ptx", "ppo_gold"):
         assert f"{name}: settings changed (kl_coef) since it was built; rebuilding it" in console
         assert read_meta(out / name)["kl_coef"] == 0.5
     for name, mtime in kept.items():

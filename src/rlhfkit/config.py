@@ -576,7 +576,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 PRESET_HELP = "tiny (tests, ~1 min) | default (the README's run) | large (GPU)"
 
 
-METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo")  # what `rlhfkit pipeline --methods` can run
+# What `rlhfkit pipeline --methods` can run; ppo_gold is PPO with the world's gold judge as the reward (`ppo
+# --reward-model gold`), on the ppo section's settings: the ceiling, whose gap to PPO is the reward model's alone.
+METHODS = ("ppo", "ppo_ptx", "dpo", "best_of_n", "rloo", "ppo_gold")
 
 
 @dataclass
@@ -587,7 +589,7 @@ class PipelineConfig(Settings):
     preset: str = arg("default", PRESET_HELP)
     seed: int = arg(0, "seed of every step (the world itself is fixed)")
     methods: list[str] = arg(
-        ["ppo", "ppo_ptx", "dpo", "best_of_n"], "methods to run and compare: " + " ".join(METHODS)
+        ["ppo", "ppo_ptx", "dpo", "best_of_n", "ppo_gold"], "methods to run and compare: " + " ".join(METHODS)
     )
     mixed_precision: str = arg("auto", "auto | no | bf16 | fp16, for every step")
     resume: bool = arg(False, "skip finished steps, continue an interrupted one from its checkpoint")

@@ -29,6 +29,7 @@ from rlhfkit.modeling import (
     for_inference,
     is_chat_model,
     load_causal_lm,
+    read_meta,
     same_tokenizer,
 )
 from rlhfkit.report import write_figures, write_markdown
@@ -218,6 +219,9 @@ def sample_model(
         "chat": chat,
         "path": path,
     }
+    meta = read_meta(path) if Path(path).is_dir() else {}
+    if meta.get("reward"):  # what an RL policy was trained to raise: "gold" marks the ceiling (report.py)
+        stats.update(reward=meta["reward"], algo=meta.get("algo", "ppo"))
     return answers, seed_answers, stats
 
 

@@ -4,6 +4,7 @@
     gpt/        Step0 pretrained LM            sft/      Step1 SFT policy
     data/comparisons.jsonl  K answers per RM prompt, ranked by simulated labelers
     reward/     Step2 reward model             ppo/ ppo_ptx/   Step3 policies
+    ppo_gold/   PPO on the world's gold judge instead of the reward model: the report's ceiling
     eval/       report.json, report.md, winrate.png, curves.png
 
 Every step writes its own directory; `--resume` skips the finished ones and continues an interrupted one from
@@ -34,6 +35,7 @@ from rlhfkit.errors import UsageError
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.report import write_markdown
 from rlhfkit.rundir import write_atomic
+from rlhfkit.sources import GOLD
 from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
 from rlhfkit.training import is_finished
 from rlhfkit.world import export_world
@@ -47,10 +49,12 @@ STEP_CONFIGS = {
     "ppo": C.PPOConfig,
     "ppo_ptx": C.PPOConfig,
     "rloo": C.PPOConfig,
+    "ppo_gold": C.PPOConfig,
     "dpo": C.DPOConfig,
     "eval": C.EvalConfig,
 }
-TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "dpo")  # best_of_n trains nothing: it is evaluated from SFT + RM
+# best_of_n trains nothing: it is evaluated from SFT + RM
+TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "ppo_gold", "dpo")
 
 
 def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, object]:
@@ -70,8 +74,8 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
             raise UsageError(f"pipeline config: section {step!r} has unknown setting(s) {bad}")
     preset = copy.deepcopy(PRESETS[cfg.preset])
     settings = {step: {**preset.get(step, {}), **overrides.get(step, {})} for step in STEP_CONFIGS}
-    # The PPO section is Step3's: PPO-ptx and RLOO inherit it (preset and YAML alike) unless their own section
-    # sets the value, so that a changed β or iteration count keeps the three methods comparable.
+    # The PPO section is Step3's: PPO-ptx, RLOO and PPO on gold inherit it (preset and YAML alike) unless their own
+    # section sets the value, so that a changed β or iteration count keeps the methods comparable.
     ppo = settings["ppo"]
     settings["ppo_ptx"] = {
         **ppo,
@@ -80,6 +84,13 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
         **overrides.get("ppo_ptx", {}),
     }
     settings["rloo"] = {**ppo, "algo": "rloo", **preset.get("rloo", {}), **overrides.get("rloo", {})}
+    # the ceiling: the gold judge whatever a section says, so that it differs from PPO in the reward alone
+    settings["ppo_gold"] = {
+        **ppo,
+        **preset.get("ppo_gold", {}),
+        **overrides.get("ppo_gold", {}),
+        "reward_model": GOLD,
+    }
     for step, values in overrides.items():
         for key in RUN_WIDE & set(values):
             raise UsageError(
@@ -116,6 +127,7 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
         "ppo": {"out": out / "ppo", "policy": out / "sft", "reward_model": out / "reward"},
         "ppo_ptx": {"out": out / "ppo_ptx", "policy": out / "sft", "reward_model": out / "reward"},
         "rloo": {"out": out / "rloo", "policy": out / "sft", "reward_model": out / "reward"},
+        "ppo_gold": {"out": out / "ppo_gold", "policy": out / "sft", "reward_model": GOLD},
         "dpo": {"out": out / "dpo", "policy": out / "sft", "data": out / "data" / "comparisons.jsonl"},
         "eval": {
             "out": out / "eval",
@@ -272,6 +284,7 @@ PARENTS = {
     "ppo": ["sft", "reward"],
     "ppo_ptx": ["sft", "reward"],
     "rloo": ["sft", "reward"],
+    "ppo_gold": ["sft"],  # no reward model: it waits for none
     "dpo": ["sft", "label"],
     "eval": ["pretrain", "sft", "reward", *TRAINED_METHODS],
 }

@@ -15,6 +15,23 @@ def _fmt(value, digits: int = 3) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text  # -0.00: a KL estimate of about 0
 
 
+def is_ceiling(stats: dict) -> bool:
+    """A policy trained on the world's gold judge instead of a reward model (`ppo --reward-model gold`): the
+    upper reference of every method that learns from a reward model."""
+    return stats.get("reward") == "gold"
+
+
+def label(name: str, stats: dict) -> str:
+    """A model's name as the tables and figures show it: the ceiling says what it is."""
+    return f"{name}: {stats.get('algo', 'ppo').upper()} on gold (ceiling)" if is_ceiling(stats) else name
+
+
+def ordered(report: dict) -> list[tuple[str, dict]]:
+    """The models in the report's order, the ceiling rows last (the upper reference the rest are read against)."""
+    models = list(report["models"].items())
+    return [m for m in models if not is_ceiling(m[1])] + [m for m in models if is_ceiling(m[1])]
+
+
 def write_markdown(report: dict, path: Path, timings: dict | None = None) -> None:
     ref, n = report["reference"], report["samples_per_prompt"]
     kl_ref = report.get("kl_reference", ref)
@@ -31,12 +48,20 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
         + f" | 95% CI | gold score (0–10) | KL to {kl_ref} (nats) | pretrain ppl | length (chars) | ends with EOS |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in report["models"].items():
+    for name, m in ordered(report):
         lo, hi = m["win_rate_ci"]
         lines.append(
-            f"| {name} | {_fmt(m['win_rate'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m.get('gold_score'), 2)} | "
+            f"| {label(name, m)} | {_fmt(m['win_rate'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m.get('gold_score'), 2)} | "
             f"{_fmt(m.get('kl_to_sft'), 2)} | {_fmt(m.get('pretrain_ppl'), 2)} | {m['mean_length']:.1f} | {m['eos_fraction']:.2f} |"
         )
+    ceiling = [name for name, m in ordered(report) if is_ceiling(m)]
+    if ceiling:
+        lines += [
+            "",
+            f"**{', '.join(ceiling)}** is trained on the embedded world's gold judge instead of the reward model "
+            "(`ppo --reward-model gold`), with the same Step3 settings: the upper reference. Its gap to the "
+            "methods trained on the reward model is the reward model's alone.",
+        ]
     if any(m.get("kl_is_analytic") for m in report["models"].values()):
         lines += [
             "",
@@ -52,9 +77,9 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             "| model | " + " | ".join(families) + " |",
             "|---|" + "---|" * len(families),
         ]
-        for name, m in report["models"].items():
+        for name, m in ordered(report):
             cells = [_fmt(m["by_family"].get(f, {}).get("win_rate")) for f in families]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(name, m)} | " + " | ".join(cells) + " |")
     travel = {
         n: m["by_family"]["travel"].get("attractions_all_in_city")
         for n, m in report["models"].items()
@@ -75,8 +100,10 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             "| model | " + " | ".join(dims) + " |",
             "|---|" + "---|" * len(dims),
         ]
-        for name, m in report["models"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(m["gold_dims"][d], 2) for d in dims) + " |")
+        for name, m in ordered(report):
+            lines.append(
+                f"| {label(name, m)} | " + " | ".join(_fmt(m["gold_dims"][d], 2) for d in dims) + " |"
+            )
     if timings:
         lines += ["", "## Wall time per step (seconds)", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {step} | {sec:.1f} |" for step, sec in timings.items()]
@@ -113,19 +140,24 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
 
     _chinese_font()
     # Win rate vs the reference, in the style of the InstructGPT figure.
-    names = list(report["models"])
-    rates = [report["models"][n]["win_rate"] for n in names]
-    lows = [r - report["models"][n]["win_rate_ci"][0] for n, r in zip(names, rates)]
-    highs = [report["models"][n]["win_rate_ci"][1] - r for n, r in zip(names, rates)]
+    models = ordered(report)
+    names = [name for name, _ in models]
+    rates = [m["win_rate"] for _, m in models]
+    lows = [r - m["win_rate_ci"][0] for (_, m), r in zip(models, rates)]
+    highs = [m["win_rate_ci"][1] - r for (_, m), r in zip(models, rates)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names)), 4))
     colors = ["#9e9e9e", "#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860", "#da8bc3"]
-    ax.bar(
-        names,
+    bars = ax.bar(
+        [label(name, m).replace(": ", "\n") for name, m in models],
         rates,
         yerr=[lows, highs],
         capsize=4,
         color=[colors[i % len(colors)] for i in range(len(names))],
     )
+    for bar, (_, m) in zip(bars, models):
+        if is_ceiling(m):  # the upper reference: white, hatched, outlined — not one of the methods
+            bar.set(facecolor="white", edgecolor="#2f2f2f", hatch="//")
+    ax.tick_params(axis="x", labelsize=8)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"win rate vs {report['reference']}")
@@ -160,7 +192,11 @@ def write_figures(report: dict, runs: dict[str, str], out: Path) -> None:
             ):
                 continue
             if rows:
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)
+                gold = key == "reward" and is_ceiling(report["models"].get(name, {}))
+                shown = f"{name} ((gold − 7) / 2)" if gold else name  # its reward is in other units
+                ax.plot(
+                    [r["step"] for r in rows], [r[key] for r in rows], label=shown, ls="--" if gold else "-"
+                )
         ax.set_title(title)
         ax.set_xlabel("step")
         if ax.lines:
