@@ -307,3 +307,84 @@ def test_the_win_rate_figure_names_its_judge(judge, title, tmp_path, monkeypatch
     }
     write_figures(report, {"sft": str(tmp_path / "sft")}, tmp_path)
     assert titles[0] == title
+
+
+# --- selectable headroom (eval --headroom K ...) ----------------------------------------------------------------
+
+QUALITY = {"best": 3, "v": 3, "ref_hi": 2, "ref_lo": 1, "z": 0, "x": 0, "w": 0}
+
+
+def fake_judge(prompt, a, b):
+    """1 / ½ / 0 by a fixed quality of each answer text; the same answer is a tie, as the panel's is."""
+    if a == b:
+        return 0.5
+    return 0.5 if QUALITY[a[0]] == QUALITY[b[0]] else float(QUALITY[a[0]] > QUALITY[b[0]])
+
+
+def test_headroom_picks_the_best_of_k_by_gold_and_judges_it_as_the_win_rates():
+    from rlhfkit.evaluate import selectable_headroom
+
+    ok = True
+    draws = [[("x", ok), ("best", ok), ("w", ok)], [("z", ok), ("w", ok), ("v", ok)]]
+    golds = [[1.0, 5.0, 3.0], [2.0, 2.0, 9.0]]  # prompt 1's first two tie on gold: the first is taken
+    reference = [("ref_hi", ok), ("ref_lo", ok), ("z", ok), ("ref_lo", ok)]  # two answers per prompt
+    result = selectable_headroom(
+        draws, golds, [2, 3], ["p0", "p0", "p1", "p1"], [0, 0, 1, 1], ["a", "b"], reference, fake_judge
+    )
+    two, three = result["by_k"]["2"], result["by_k"]["3"]
+    # K = 2: "best" beats both of prompt 0's answers; "z" ties prompt 1's first (the same answer) and loses its second
+    assert two["share"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert (two["by_family"]["a"]["share"], two["by_family"]["b"]["share"]) == (1.0, 0.25)
+    assert two["share_ci"] == [0.25, 1.0]  # resampling the two prompts: both b, or both a
+    assert two["gold_score"] == pytest.approx((5 + 2) / 2) and two["by_family"]["a"]["n"] == 2
+    # K = 3 reaches prompt 1's third answer, the best by gold
+    assert three["share"] == 1.0 and three["share_ci"] == [1.0, 1.0] and three["gold_score"] == 7.0
+    assert (result["k"], result["n_prompts"], result["samples_drawn"]) == ([2, 3], 2, 6)
+
+
+def test_eval_headroom_reports_every_family_and_best_of_more_is_no_worse(tiny_sft, tmp_path):
+    from rlhfkit.world import FAMILIES
+
+    out = tmp_path / "eval"
+    cfg = EvalConfig(
+        out=str(out),
+        models=[f"sft={tiny_sft}"],
+        samples_per_prompt=1,
+        max_new_tokens=6,
+        heldout_text="",
+        headroom=[4, 2],
+    )
+    report = evaluate(cfg)
+    headroom = report["headroom"]
+    assert headroom["k"] == [2, 4] and headroom["samples_drawn"] == 4 * report["n_prompts"]
+    for entry in headroom["by_k"].values():
+        assert entry["share_ci"][0] <= entry["share"] <= entry["share_ci"][1]
+        assert set(entry["by_family"]) == set(FAMILIES)
+        assert sum(f["n"] for f in entry["by_family"].values()) == report["n_prompts"]
+        for family in entry["by_family"].values():
+            assert family["share_ci"][0] <= family["share"] <= family["share_ci"][1]
+    # the best of 4 is the best of a superset of the best of 2's answers: its gold is never lower
+    assert headroom["by_k"]["4"]["gold_score"] >= headroom["by_k"]["2"]["gold_score"]
+    assert report["seconds"]["headroom"] > 0
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Selectable headroom: the best of K answers of sft by the gold judge" in markdown
+    assert f"| 4 | {report_module._fmt(headroom['by_k']['4']['share'])} [" in markdown
+
+
+def test_headroom_on_prompts_the_gold_judge_cannot_judge_stops_before_sampling(
+    tiny_sft, tiny_reward, user_prompts, tmp_path, monkeypatch
+):
+    from rlhfkit import evaluate as evaluate_module
+
+    monkeypatch.setattr(
+        evaluate_module, "generate_answers", lambda *a, **k: pytest.fail("sampled before the check")
+    )
+    cfg = EvalConfig(
+        out=str(tmp_path / "eval"),
+        models=[f"sft={tiny_sft}"],
+        prompts=str(user_prompts),
+        judge=str(tiny_reward),
+        headroom=[8],
+    )
+    with pytest.raises(ValueError, match=r"eval --headroom 8: picks by the gold judge, which knows only"):
+        evaluate(cfg)

@@ -128,6 +128,24 @@ def test_the_gold_reward_ceiling_is_ppo_on_its_own_settings_and_shown_as_the_cei
 
 
 @pytest.mark.slow
+def test_the_report_holds_the_selectable_headroom_per_family(tiny_run):
+    report = json.loads((tiny_run / "eval" / "report.json").read_text(encoding="utf-8"))
+    headroom = report["headroom"]
+    assert headroom["k"] == [8, 32] and headroom["samples_drawn"] == 32 * report["n_prompts"]
+    for entry in headroom["by_k"].values():
+        assert set(entry["by_family"]) == set(FAMILIES)
+        assert entry["share_ci"][0] <= entry["share"] <= entry["share_ci"][1]
+    assert report["seconds"]["headroom"] > 0
+    md = (tiny_run / "eval" / "report.md").read_text(encoding="utf-8")
+    table = md.split("## Selectable headroom")[1].split("\n## ")[0]
+    assert "| K | overall | gold score (0–10) | " + " | ".join(sorted(FAMILIES)) + " |" in table
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "[" in line] == [
+        "| 8",
+        "| 32",
+    ]
+
+
+@pytest.mark.slow
 def test_answers_file_holds_what_the_report_averages(tiny_run):
     report = json.loads((tiny_run / "eval" / "report.json").read_text(encoding="utf-8"))
     lines = (tiny_run / "eval" / "answers.jsonl").read_text(encoding="utf-8").splitlines()

@@ -49,7 +49,7 @@ LIMITS = {
     **dict.fromkeys(
         """batch_size grad_accum mini_batch_size ppo_epochs iterations rounds n_labelers samples_per_prompt
         max_new_tokens ptx_batch_size world_docs log_every eval_every hidden_size num_layers num_heads
-        intermediate_size kl_horizon num_samples best_of_n lora_alpha ensemble""".split(),
+        intermediate_size kl_horizon num_samples best_of_n headroom lora_alpha ensemble""".split(),
         _at_least(1),
     ),
     **dict.fromkeys("k rloo_k max_len".split(), _at_least(2)),
@@ -463,6 +463,12 @@ class EvalConfig(Settings):
         "another draw than from '4' alone",
     )
     reward_model: str | None = arg(None, "reward model that picks the best of n")
+    headroom: list[int] = arg(
+        [],
+        "selectable headroom for these K (e.g. 8 32): the share of prompts where the best of K of the reference's "
+        "answers by the gold judge beats the reference's answer, judged as the win rates are — the most a reward "
+        "can pick from the reference's own answers (embedded world only; one draw of max(K) answers per prompt)",
+    )
     ensemble_reduce: str = arg(ENSEMBLE_REDUCE_DEFAULT, ENSEMBLE_REDUCE_HELP + " (best-of-n, --judge)")
     ensemble_lambda: float = arg(ENSEMBLE_LAMBDA_DEFAULT, ENSEMBLE_LAMBDA_HELP)
     seed: int = arg(0, "sampling seed (the same for every model)")
@@ -503,6 +509,8 @@ WORLD_TUNED: dict[str, dict] = {
         "max_len": 128,
     },
     "dpo": {"lr": 1e-4, "warmup_steps": 10, "max_len": 160},
+    # the report's selectable headroom per family: best of 8 and of 32 SFT answers by the gold judge vs SFT's
+    "eval": {"headroom": [8, 32]},
 }
 
 

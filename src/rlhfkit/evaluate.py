@@ -54,6 +54,12 @@ def run(cfg: EvalConfig) -> dict:
     if cfg.best_of_n and not cfg.reward_model:
         raise UsageError("eval --best-of-n needs --reward-model DIR to pick the best answer")
     prompts, families, judge = load_eval_prompts(cfg)
+    if cfg.headroom and any(parse_prompt(p) is None for p in prompts):
+        raise UsageError(
+            f"eval --headroom {' '.join(map(str, cfg.headroom))}: picks by the gold judge, which knows only the "
+            f"embedded world's tasks, and --prompts {cfg.prompts} holds others; use --prompts world, or leave "
+            "out --headroom"
+        )
     n = cfg.samples_per_prompt
     repeated = [p for p in prompts for _ in range(n)]
     group = [i for i in range(len(prompts)) for _ in range(n)]
@@ -109,6 +115,14 @@ def run(cfg: EvalConfig) -> dict:
     for name, stats in report_models.items():
         records += judge_model(cfg, name, stats, judge, repeated, group, families, answers)
 
+    headroom = None
+    if cfg.headroom:  # 4. the most a reward could pick from the reference's own answers
+        start = time.time()
+        headroom = sample_headroom(
+            cfg, models[cfg.reference], tokenizer, prompts, families, judge, repeated, group, answers
+        )
+        seconds["headroom"] = round(time.time() - start, 2)
+
     report = {
         "models": report_models,
         "reference": cfg.reference,
@@ -120,6 +134,7 @@ def run(cfg: EvalConfig) -> dict:
         "samples_per_prompt": n,
         "judge": "held-out panel (embedded world)" if cfg.judge is None else f"reward model {cfg.judge}",
         "seconds": seconds,
+        **({"headroom": headroom} if headroom else {}),
         "seed_prompts": {
             p: {name: seed_answers[name][i][0] for name in models} for i, p in enumerate(seed_prompts)
         },
@@ -376,6 +391,81 @@ def best_of_n(
         best = rewards[:, :k].argmax(1).tolist()
         picked[k] = [answers[i * most + b] for i, b in enumerate(best)]
     return picked[n] if isinstance(n, int) else picked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selectable headroom: how often the best of K of the reference's own answers, picked by the gold judge, beats the
+# reference's answer — the most a reward (a perfect one) can select, so the room any reward-driven method has
+# among answers the reference already writes.
+
+
+def sample_headroom(
+    cfg: EvalConfig, reference: str, tokenizer, prompts, families, judge, repeated, group, answers
+) -> dict:
+    """`eval --headroom K ...`: max(K) answers of the reference model per prompt (one draw; best of K takes the
+    first K), each K's pick by gold against the reference's answers (`selectable_headroom`)."""
+    ks, most = sorted(set(cfg.headroom)), max(cfg.headroom)
+    model = for_inference(load_causal_lm(reference))
+    with console.status(f"[eval] headroom: sampling {most} × {len(prompts)} answers of {cfg.reference}"):
+        drawn = generate_answers(
+            model,
+            tokenizer,
+            [p for p in prompts for _ in range(most)],
+            is_chat_model(reference),
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_p,
+            seed=cfg.seed + 2,  # not the draws of the reference's answers (seed) nor of best-of-n (seed + 1)
+            compiled=cfg.compile_sampler,
+        )
+    draws = [drawn[i * most : (i + 1) * most] for i in range(len(prompts))]
+    golds = [[score(p, a, e).total for a, e in row] for p, row in zip(prompts, draws)]
+    result = selectable_headroom(
+        draws, golds, ks, repeated, group, families, answers[cfg.reference], judge, cfg.seed
+    )
+    for k, entry in result["by_k"].items():
+        lo, hi = entry["share_ci"]
+        console.print(
+            f"[eval] headroom: best of {k} {cfg.reference} answers by gold beats {cfg.reference}'s answer "
+            f"{entry['share']:.3f} [{lo:.3f}, {hi:.3f}]  gold {entry['gold_score']:.2f}"
+        )
+    return result
+
+
+def selectable_headroom(
+    draws: list[list[tuple[str, bool]]],
+    golds: list[list[float]],
+    ks: list[int],
+    repeated: list[str],
+    group: list[int],
+    families: list[str],
+    reference: list[tuple[str, bool]],
+    judge,
+    seed: int = 0,
+) -> dict:
+    """Per K: the best of the first K `draws` of each prompt by gold (the first of equal golds), judged against
+    each of the reference's answers to that prompt (`reference[j]`, prompt `group[j]`) by the eval's `judge`, ties
+    ½ — its share with the win rates' bootstrap interval over prompts (`bootstrap_ci`), overall and per family."""
+    by_k = {}
+    for k in ks:
+        best = [max(range(k), key=lambda i, g=g: (g[i], -i)) for g in golds]
+        picked = [draws[i][b] for i, b in enumerate(best)]
+        wins = [judge(p, picked[group[j]], reference[j]) for j, p in enumerate(repeated)]
+        entry = {
+            "share": sum(wins) / len(wins),
+            "share_ci": bootstrap_ci(wins, group, seed=seed),
+            "gold_score": sum(golds[i][b] for i, b in enumerate(best)) / len(best),
+            "by_family": {},
+        }
+        for family in sorted(set(families)):
+            rows = [j for j, g in enumerate(group) if families[g] == family]
+            entry["by_family"][family] = {
+                "share": sum(wins[j] for j in rows) / len(rows),
+                "share_ci": bootstrap_ci([wins[j] for j in rows], [group[j] for j in rows], seed=seed),
+                "n": len(rows),
+            }
+        by_k[str(k)] = entry
+    return {"k": list(ks), "by_k": by_k, "n_prompts": len(draws), "samples_drawn": max(ks) * len(draws)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
         for name, m in ordered(report):
             cells = [_fmt(m["by_family"].get(f, {}).get("win_rate")) for f in families]
             lines.append(f"| {label(name, m)} | " + " | ".join(cells) + " |")
+    lines += headroom_lines(report)
     travel = {
         n: m["by_family"]["travel"].get("attractions_all_in_city")
         for n, m in report["models"].items()
@@ -114,6 +115,39 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             lines += [f"| {name} | {_cell(answer)} |" for name, answer in by_model.items()]
             lines.append("")
     write_atomic(path, "\n".join(lines) + "\n")
+
+
+def headroom_lines(report: dict) -> list[str]:
+    """report.md's selectable-headroom table (`eval --headroom`): per K, overall and per family, with intervals."""
+    headroom = report.get("headroom")
+    if not headroom:
+        return []
+    ref = report["reference"]
+    families = sorted({f for entry in headroom["by_k"].values() for f in entry["by_family"]})
+
+    def cell(entry: dict) -> str:
+        lo, hi = entry["share_ci"]
+        return f"{_fmt(entry['share'])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+    lines = [
+        "",
+        "## Selectable headroom: the best of K answers of "
+        + ref
+        + " by the gold judge, against "
+        + ref
+        + "'s",
+        "",
+        f"Share of the eval prompts (× samples) where the best of K of {ref}'s own answers, picked by the gold judge, "
+        f"beats {ref}'s answer, judged as the win rates are (ties ½; 95% bootstrap interval over prompts): the most "
+        f"a perfect reward can select from what {ref} already writes ({headroom['samples_drawn']} answers drawn).",
+        "",
+        "| K | overall | gold score (0–10) | " + " | ".join(families) + " |",
+        "|---|---|---|" + "---|" * len(families),
+    ]
+    for k, entry in headroom["by_k"].items():
+        cells = [cell(entry["by_family"][f]) if f in entry["by_family"] else "—" for f in families]
+        lines.append(f"| {k} | {cell(entry)} | {_fmt(entry['gold_score'], 2)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cell(text: str) -> str:
