@@ -20,8 +20,10 @@ STEPS = ("pretrain", "sft", "label", "reward", "ppo", "ppo_ptx", "ppo_gold", "ev
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The serial run (every step in this process, at conftest's one thread); the resumes below take the default
+    --jobs, side by side on a machine of two or more CPUs."""
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    assert main(["pipeline", "--preset", "tiny", "--out", str(out)]) == 0
+    assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--jobs", "1"]) == 0
     return out
 
 
@@ -161,6 +163,39 @@ def test_answers_file_holds_what_the_report_averages(tiny_run):
             wins = [r["vs_reference"] for r in mine if r["family"] == family]
             assert len(wins) == entry["n"] and sum(wins) / len(wins) == pytest.approx(entry["win_rate"])
         assert all(set(r["gold_dims"]) == set(m["gold_dims"]) for r in mine), name
+
+
+@pytest.mark.slow
+def test_jobs_2_runs_steps_side_by_side_and_builds_the_same_models(tiny_run, tmp_path, capsys):
+    """--jobs 2 at one thread in all (conftest's): the children get 1 thread each, as the serial run's steps had,
+    so every model is the serial run's, byte for byte."""
+    import torch
+
+    assert torch.get_num_threads() == 1
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(out), "--jobs", "2"]) == 0
+    console = console_text(capsys)
+    side_by_side = ("label", "reward", "ppo", "ppo_ptx", "ppo_gold", "dpo")
+    assert f"--jobs 2: {', '.join(side_by_side)} run side by side" in console
+    for name in side_by_side:
+        log = out / name / "log.txt"
+        assert f"[pipeline] {name}: started (1 thread, log {log})" in console
+        assert f"[pipeline] {name}: finished in" in console
+        stage = name.replace("_ptx", "").replace("_gold", "")
+        assert f"[{stage}]" in log.read_text(encoding="utf-8"), name  # the step's own lines
+    for name in ("gpt", "sft", "reward", "ppo", "ppo_ptx", "ppo_gold", "dpo", "ppo/value_model"):
+        assert (out / name / "model.safetensors").read_bytes() == (
+            tiny_run / name / "model.safetensors"
+        ).read_bytes(), name
+    for name in ("data/comparisons.jsonl", "eval/answers.jsonl"):  # they name the models they come from
+        ours = (out / name).read_text(encoding="utf-8").replace(str(out), str(tiny_run))
+        assert ours == (tiny_run / name).read_text(encoding="utf-8"), name
+    seconds = json.loads((out / "eval" / "report.json").read_text(encoding="utf-8"))["seconds"]
+    assert seconds["jobs"] == 2 and 0 < seconds["wall"]
+    assert seconds["total"] == pytest.approx(sum(seconds["steps"].values()), abs=0.05)
+    markdown = (out / "eval" / "report.md").read_text(encoding="utf-8")
+    assert "| **sum of the steps** |" in markdown and "(--jobs 2) |" in markdown
 
 
 @pytest.mark.slow

@@ -601,7 +601,15 @@ class PipelineConfig(Settings):
     )
     mixed_precision: str = arg("auto", "auto | no | bf16 | fp16, for every step")
     resume: bool = arg(False, "skip finished steps, continue an interrupted one from its checkpoint")
+    jobs: int | None = arg(
+        None,
+        "steps run side by side where they can (PPO, PPO-ptx, RLOO, DPO...), each in a child process with "
+        "threads/jobs threads and its output in <out>/<step>/log.txt; 1 = one step at a time, all in this "
+        "process (default: the CPUs, at most the steps that can overlap)",
+    )
     print_config: bool = arg(False, "print the resolved configuration as YAML and exit")
+
+    OWN_LIMITS: typing.ClassVar[dict] = {"jobs": _at_least(1)}
 
 
 # The preset section each stage's settings come from (`rlhfkit STAGE --preset`, `preset_config`).

@@ -35,6 +35,7 @@ from rlhfkit.errors import UsageError
 from rlhfkit.evaluate import run as evaluate
 from rlhfkit.report import write_markdown
 from rlhfkit.rundir import write_atomic
+from rlhfkit.scheduler import Step, plan, resolve_jobs, run_steps
 from rlhfkit.sources import GOLD
 from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
 from rlhfkit.training import is_finished
@@ -179,9 +180,13 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         built[name] = {**prints[name], "complete": complete}
         write_atomic(built_path, json.dumps(built, indent=2, default=str))
 
-    def step(name: str, done: bool, action, finish=None) -> bool:
-        """Run `action` unless --resume finds the step finished with these settings; True if it ran. The step is
-        recorded finished last, after its time and `finish()`: a kill before that runs it again."""
+    ran: set[str] = set()
+
+    def begin(step: Step) -> bool:
+        """Whether `step` must run: not when --resume finds it finished with these settings. A step that runs is
+        recorded unfinished first, and finished last (`end`, after its time and report): a kill in between runs
+        it again, and only with the same settings."""
+        name, done = step.name, step.done()
         new, old = prints.get(name), built.get(name)
         if cfg.resume and new and old and old["fingerprint"] != new["fingerprint"]:
             console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
@@ -195,62 +200,87 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             if new:
                 record(name, complete=True)
             return False
-        console.rule(name, style="bold")
-        start = time.time()
-        if new:  # recorded before it runs: an interrupted step resumes only with the same settings
-            record(name, complete=False)
-        action()
-        timings[name] = round(time.time() - start, 2)
-        write_atomic(timings_path, json.dumps(timings, indent=2))
-        if finish is not None:
-            finish()
         if new:
-            record(name, complete=True)
+            record(name, complete=False)
+        ran.add(name)
         return True
 
-    corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
-    ran = [
-        step(
-            "data",
-            (out / "data" / "eval_prompts.jsonl").exists(),
-            lambda: export_world(out / "data", n_docs=corpus_docs),
-        )
-    ]
-    ran.append(step("pretrain", is_finished(out / "gpt"), lambda: pretrain.run(steps["pretrain"])))
-    if ran[-1]:
-        shutil.rmtree(out / "tokenizer", ignore_errors=True)  # (re)built: its tokenizer is the one to copy
-    if not (out / "tokenizer").exists():
-        shutil.copytree(
-            out / "gpt",
-            out / "tokenizer",
-            ignore=lambda d, names: [
-                n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
-            ],
-        )
-    ran.append(step("sft", is_finished(out / "sft"), lambda: sft.run(steps["sft"])))
-    ran.append(
-        step("label", (out / "data" / "comparisons.jsonl").exists(), lambda: label.run(steps["label"]))
-    )
-    ran.append(step("reward", is_finished(out / "reward"), lambda: reward.run(steps["reward"])))
-    for method in (m for m in TRAINED_METHODS if m in cfg.methods):
-        trainer = dpo.run if method == "dpo" else ppo.run
-        ran.append(step(method, is_finished(out / method), lambda m=method, t=trainer: t(steps[m])))
-    # The report stands while nothing it judges was (re)built: a finished run resumed does nothing.
-    evaluated = (out / "eval" / "report.json").exists() and not any(ran)
-    report = json.loads((out / "eval" / "report.json").read_text()) if evaluated else None
+    def end(step: Step, seconds: float) -> None:
+        timings[step.name] = round(seconds, 2)
+        write_atomic(timings_path, json.dumps(timings, indent=2))
+        if step.name == "eval":
+            add_timings()
+        if step.name in prints:
+            record(step.name, complete=True)
 
     def add_timings() -> None:
         """The report with every step's wall time: part of the eval step, so a kill here runs it again."""
-        nonlocal report
         report = json.loads((out / "eval" / "report.json").read_text())
-        report["seconds"] = {**report["seconds"], "steps": timings, "total": round(sum(timings.values()), 2)}
+        report["seconds"] = {
+            **report["seconds"],
+            "steps": timings,
+            "total": round(sum(timings.values()), 2),  # the steps' seconds, side by side ones added up
+            "wall": round(time.time() - began, 2),  # this command's, up to here
+            "jobs": jobs,
+        }
         write_markdown(report, out / "eval" / "report.md", timings)
         write_atomic(out / "eval" / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
 
-    step("eval", evaluated, lambda: evaluate(steps["eval"]), finish=add_timings)
+    def copy_tokenizer(pretrained: bool) -> None:
+        if pretrained:
+            shutil.rmtree(
+                out / "tokenizer", ignore_errors=True
+            )  # (re)built: its tokenizer is the one to copy
+        if not (out / "tokenizer").exists():
+            shutil.copytree(
+                out / "gpt",
+                out / "tokenizer",
+                ignore=lambda d, names: [
+                    n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
+                ],
+            )
+
+    corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
+    stages = {"pretrain": pretrain.run, "sft": sft.run, "label": label.run, "reward": reward.run}
+    stages |= {m: dpo.run if m == "dpo" else ppo.run for m in TRAINED_METHODS if m in cfg.methods}
+    stages["eval"] = evaluate
+
+    finished = {
+        "pretrain": lambda: is_finished(out / "gpt"),
+        "label": lambda: (out / "data" / "comparisons.jsonl").exists(),
+        # The report stands while nothing it judges was (re)built: a finished run resumed does nothing.
+        "eval": lambda: (out / "eval" / "report.json").exists() and not ran,
+    }
+
+    def stage_step(name: str) -> Step:
+        function, config = stages[name], steps[name]
+        return Step(
+            name,
+            ["data"] if name == "pretrain" else [p for p in PARENTS[name] if p in stages],
+            finished.get(name, lambda: is_finished(out / name)),
+            lambda: function(config),
+            stage=(function, config),
+            log=out / ("label" if name == "label" else Path(config.out).name) / "log.txt",
+            after=copy_tokenizer if name == "pretrain" else None,
+        )
+
+    data = Step(
+        "data",
+        [],
+        lambda: (out / "data" / "eval_prompts.jsonl").exists(),
+        lambda: export_world(out / "data", n_docs=corpus_docs),
+    )
+    graph = plan([data, *(stage_step(name) for name in stages)])
+    jobs = resolve_jobs(cfg.jobs, graph)
+    run_steps(graph, jobs, torch.get_num_threads(), begin, end)
+    report = json.loads((out / "eval" / "report.json").read_text())
     total, now = sum(timings.values()), time.time() - began
-    took = (
-        f"{now:.0f} s" if not cfg.resume else f"{now:.0f} s ({total:.0f} s of steps, earlier runs' included)"
+    took = f"{now:.0f} s" + (
+        f" ({total:.0f} s of steps, earlier runs' included)"
+        if cfg.resume
+        else f" ({total:.0f} s of steps, up to {jobs} at a time)"
+        if jobs > 1
+        else ""
     )
     console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
     return report

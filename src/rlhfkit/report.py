@@ -108,6 +108,11 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
     if timings:
         lines += ["", "## Wall time per step (seconds)", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {step} | {sec:.1f} |" for step, sec in timings.items()]
+        lines.append(f"| **sum of the steps** | {sum(timings.values()):.1f} |")
+        seconds = report.get("seconds", {})
+        if "wall" in seconds:  # the pipeline's: steps run side by side (--jobs) add up to more than it took
+            jobs = seconds.get("jobs", 1)
+            lines.append(f"| **this command, start to report** (--jobs {jobs}) | {seconds['wall']:.1f} |")
     if report.get("seed_prompts"):
         lines += ["", "## The seed's prompts, answered by each model", ""]
         for prompt, by_model in report["seed_prompts"].items():
