@@ -143,6 +143,7 @@ def main() -> None:
     }
     result["kl_coef"] = {"start": ppo_config.kl_coef, "end": every_rank(controllers[0].value)}
     result["nan_on_one_process_stops_all"] = every_rank(stops_everywhere())
+    result["epochs"] = epochs_seen(sft_dir, comparisons, out)
     result["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
         print(json.dumps(result))
@@ -150,6 +151,41 @@ def main() -> None:
     # mid-flight (SIGABRT, "terminate called without an active exception") after every check had passed.
     dist.barrier()
     dist.destroy_process_group()
+
+
+def epochs_seen(sft_dir: str, comparisons: str, out: str) -> dict[str, list[int]]:
+    """{stage: [rows it read (steps × batch × processes), epochs × rows]} of sft, reward and dpo given --epochs 1
+    on 16 rows (issue #23: each process read every row once, so two processes made two epochs)."""
+    rows = 16
+    demos, ranked = f"{out}/demos.jsonl", f"{out}/ranked.jsonl"
+    if dist.get_rank() == 0:
+        with open(demos, "w", encoding="utf-8") as f:
+            f.writelines(
+                json.dumps({"prompt": f"问题{i}", "completion": "回答。"}) + "\n" for i in range(rows)
+            )
+        with open(comparisons, encoding="utf-8") as src, open(ranked, "w", encoding="utf-8") as f:
+            f.writelines(src.readlines()[:rows])
+    dist.barrier()
+    common = dict(epochs=1.0, batch_size=4, max_len=64, log_every=1, save_every=0)
+    sft.run(preset_config(SFTConfig, out=f"{out}/e_sft", model=sft_dir, data=demos, **common))
+    reward.run(
+        preset_config(
+            RewardConfig,
+            out=f"{out}/e_rm",
+            model=sft_dir,
+            data=ranked,
+            val_fraction=0.0,
+            demonstrations="",
+            **common,
+        )
+    )
+    dpo.run(preset_config(DPOConfig, out=f"{out}/e_dpo", policy=sft_dir, data=ranked, **common))
+    read = {}
+    for stage in ("e_sft", "e_rm", "e_dpo"):
+        with open(f"{out}/{stage}/rlhfkit.json", encoding="utf-8") as f:
+            steps = json.load(f)["steps"]
+        read[stage] = [steps * common["batch_size"] * dist.get_world_size(), rows]
+    return read
 
 
 if __name__ == "__main__":

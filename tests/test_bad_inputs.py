@@ -331,7 +331,7 @@ CASES += [
         "sft",
         "a prompt that fills --max-len",
         ["sft", "--model", "{gpt}", "--data", "{tmp}/d.jsonl", "--out", "{tmp}/o", "--max-len", "4"],
-        ["sft --data {tmp}/d.jsonl", "demonstration 1", "max_len=4"],
+        ["sft --data {tmp}/d.jsonl", "all 1 demonstrations", "--max-len 4", "skipped"],
         files={"d.jsonl": rows({"prompt": "重庆有什么好玩的地方呢？请告诉我", "completion": "a"})},
     ),
     Case(

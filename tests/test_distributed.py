@@ -30,6 +30,8 @@ def test_two_processes_train_identical_copies_of_every_model(
     for stage, (logged, single_process) in result.pop("lr").items():
         assert logged == pytest.approx(single_process, rel=1e-6), f"{stage}: the schedule ran at another pace"
     assert result.pop("nan_on_one_process_stops_all") == [True, True]
+    for stage, (read, epochs_of_rows) in result.pop("epochs").items():
+        assert read == epochs_of_rows, f"{stage} --epochs 1 read {read} rows of {epochs_of_rows}"
     kl_coef = result.pop("kl_coef")
     assert kl_coef["end"][0] == kl_coef["end"][1] != kl_coef["start"]  # adapted, from both processes' KL
     assert set(result) == {"sft", "reward", "dpo", "ppo_policy", "ppo_value"}

@@ -87,3 +87,231 @@ def test_a_stage_with_the_default_preset_runs_the_pipelines_step(command, tmp_pa
     seen.clear()
     assert main([command, "--preset", "default", "--lr" if command != "label" else "--k", "7", *flags]) == 0
     assert seen[0] != step  # a flag wins over the preset
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny checkpoints of three families (tests/own_models.py).
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory) -> dict[str, Path]:
+    from own_models import KINDS, build
+
+    root = tmp_path_factory.mktemp("own")
+    return {kind: build(kind, root / kind) for kind in KINDS}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+LONG_SYSTEM = "You are a careful assistant. " * 40  # ~200 tokens of this tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Prompt length: a setting, from the data by default, the template's tokens never cut, the cut ones counted.
+
+
+def test_a_long_prompt_keeps_its_template_and_the_question(own, capsys):
+    from rlhfkit.batching import encode_prompts, fit_prompts
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(own["qwen2"])
+    conversation = [
+        {"role": "system", "content": LONG_SYSTEM},
+        {"role": "user", "content": "What is two plus two?"},
+    ]
+    short = "Hello, how are you?"
+    fitted = fit_prompts(tokenizer, [conversation, short], True, 40, 16, 256, "ppo")
+    assert fitted[1] == short
+    ids = encode_prompts(tokenizer, fitted[:1], True)[0]
+    text = tokenizer.decode(ids)
+    assert len(ids) <= 40
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    said = console_text(capsys)
+    assert "[ppo] 1 of 2 prompts are longer than --max-prompt-length 40: 40 tokens" in said
+    # by default: the longest prompt, capped by what the context leaves for the answer
+    assert fit_prompts(tokenizer, [conversation, short], True, None, 16, None, "ppo") == [conversation, short]
+    capped = fit_prompts(tokenizer, [conversation], True, None, 200, 256, "ppo")
+    assert len(encode_prompts(tokenizer, capped, True)[0]) <= 56
+    with pytest.raises(ValueError, match=r"--max-prompt-length 250 \+ --max-new-tokens 16 is more than"):
+        fit_prompts(tokenizer, [short], True, 250, 16, 256, "ppo")
+
+
+def test_generate_says_it_cut_a_prompt_longer_than_the_context(own, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": LONG_SYSTEM * 2 + "What is two plus two?"}])
+    args = ["generate", "--model", str(own["qwen2"]), "--prompts-file", str(prompts), "--max-new-tokens", "4"]
+    assert main(args) == 0
+    said = console_text(capsys)
+    assert (
+        "[generate] 1 of 1 prompts are longer than --max-prompt-length (default: the longest prompt, within the model's 256-token context): 252 tokens"
+        in said
+    )
+    assert main([*args, "--max-prompt-length", "30"]) == 0
+    assert "--max-prompt-length 30: 30 tokens" in console_text(capsys)
+
+
+def test_the_worlds_prompts_are_encoded_as_before(tiny_sft):
+    """The default (the longest prompt) cuts nothing of the world's: the same ids as main's cut to 96 tokens."""
+    from rlhfkit import world
+    from rlhfkit.batching import encode_prompts, fit_prompts
+    from rlhfkit.tokenizer import format_prompt, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_sft)
+    for split, prompts in world.split_prompts().items():
+        texts = [task.prompt for task in prompts]
+        before = [
+            ids[-96:]
+            for ids in tokenizer([format_prompt(tokenizer, p) for p in texts], add_special_tokens=False)[
+                "input_ids"
+            ]
+        ]
+        fitted = fit_prompts(tokenizer, texts, True, None, 64, 512, "ppo")
+        assert encode_prompts(tokenizer, fitted, True) == before, split
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2, 3, 9. SFT: answers end with the template's end-of-turn token, every assistant turn is learned, what is too
+# long is cut / skipped / refused and counted.
+
+
+def labelled(tokenizer, example) -> str:
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != -100])
+
+
+def test_answers_end_with_the_templates_end_of_turn_token(own, tiny_sft):
+    from rlhfkit.batching import encode_response
+    from rlhfkit.stages.sft import build_examples
+    from rlhfkit.tokenizer import end_of_turn, load_tokenizer
+
+    expected = {"gpt2": "<|im_end|>", "qwen2": "<|im_end|>", "llama": "</s>"}
+    for kind, token in expected.items():
+        tokenizer = load_tokenizer(own[kind])
+        assert end_of_turn(tokenizer) == token, kind
+        (example,) = build_examples([("Hi", "Hello.")], tokenizer, 64)
+        assert labelled(tokenizer, example).endswith("Hello." + token), kind
+        assert encode_response(tokenizer, [1], "Hello.", True, 64)[-1] == tokenizer.convert_tokens_to_ids(
+            token
+        )
+    world = load_tokenizer(tiny_sft)  # the world's: EOS, as before
+    assert end_of_turn(world) == world.eos_token
+
+
+def test_sft_on_a_chatml_model_says_and_records_its_end_of_turn(own, tmp_path, capsys):
+    from rlhfkit.modeling import read_meta
+    from rlhfkit.stages import sft
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "Hello."}] * 4)
+    out = tmp_path / "sft"
+    sft.run(SFTConfig(out=str(out), model=str(own["qwen2"]), data=str(data), max_steps=1, batch_size=2))
+    assert (
+        "answers end with <|im_end|>, what the chat template renders after an assistant turn"
+        in console_text(capsys)
+    )
+    assert read_meta(out)["end_of_turn"] == "<|im_end|>"
+
+
+def test_multi_turn_sft_learns_every_assistant_turn(own):
+    from rlhfkit.stages.sft import build_examples
+    from rlhfkit.tokenizer import load_tokenizer
+
+    conversation = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And you?"},
+        {"role": "assistant", "content": "Fine."},
+    ]
+    for kind, eot in (("qwen2", "<|im_end|>"), ("llama", "</s>")):
+        tokenizer = load_tokenizer(own[kind])
+        (example,) = build_examples([conversation], tokenizer, 128)
+        learned = labelled(tokenizer, example)
+        assert learned.replace(" ", "") == f"Hello.{eot}Fine.{eot}", kind
+        assert "Hi there" not in learned and "And you" not in learned
+
+
+def test_a_template_without_a_system_role_is_a_clear_error(own):
+    from rlhfkit.stages.sft import build_examples
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(own["llama"])
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    with pytest.raises(
+        ValueError, match="refuses a conversation of roles system → user.*takes no system turn"
+    ):
+        build_examples([conversation], tokenizer, 128)
+
+
+def test_sft_counts_what_is_too_long_and_does_what_truncation_mode_says(own, capsys):
+    from rlhfkit.stages.sft import build_examples
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(own["qwen2"])
+    demos = [("Hi", "Hello."), ("Hi", "Hello. " * 30), ("Hello, how are you? " * 20, "Fine.")]
+    kept = build_examples(demos, tokenizer, 48, "sft --data d.jsonl")
+    assert len(kept) == 2 and len(kept[1].input_ids) == 48  # the long answer cut, the long prompt skipped
+    said = console_text(capsys)
+    assert "2 of 3 demonstrations are longer than --max-len 48 tokens" in said
+    assert "1 cut to their first 48 tokens (the end of the answer and its <|im_end|> are not learned" in said
+    assert "1 skipped, their prompt alone filling --max-len" in said
+    assert len(build_examples(demos, tokenizer, 48, truncation_mode="skip")) == 1
+    with pytest.raises(
+        ValueError, match="demonstration 2 is .* tokens with its prompt, longer than --max-len 48"
+    ):
+        build_examples(demos, tokenizer, 48, truncation_mode="error")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. A reward model scores in plain transformers as in rlhfkit.
+
+PAIRS = [{"prompt": "Hi", "chosen": "Hello, how are you?", "rejected": "Go away."}] * 4
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2", "llama"])
+def test_an_exported_reward_model_scores_the_same_in_plain_transformers(kind, own, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhfkit.batching import score_responses
+    from rlhfkit.modeling import load_reward_model
+    from rlhfkit.stages import reward, sft
+    from rlhfkit.tokenizer import end_of_turn, format_prompt, load_tokenizer
+
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "Hello."}] * 4)
+    sft.run(
+        SFTConfig(out=str(tmp_path / "sft"), model=str(own[kind]), data=str(demos), max_steps=1, batch_size=2)
+    )
+    rm = tmp_path / "rm"
+    pairs = write_jsonl(tmp_path / "p.jsonl", PAIRS)
+    reward.run(
+        RewardConfig(
+            out=str(rm), model=str(tmp_path / "sft"), data=str(pairs), demonstrations="", max_steps=2, lr=1e-2
+        )
+    )
+    tokenizer = load_tokenizer(rm)
+    assert tokenizer.pad_token_id != tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))
+    ours = load_reward_model(rm, tokenizer.pad_token_id, trained=True).eval()
+    bias = float(ours.config.reward_bias or 0.0)
+    earlier = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    system = [] if kind == "llama" else [{"role": "system", "content": "Be kind."}]
+    conversation = [*system, *earlier, {"role": "user", "content": "How are you today?"}]
+    prompts, responses = ["Hi", conversation, "Hi"], ["Hello, how are you?", "Fine, thank you.", "Go"]
+    expected = score_responses(ours, tokenizer, prompts, responses, [True, True, False]) - bias
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(rm)
+    hf_model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    eot = end_of_turn(tokenizer)
+    texts = [
+        format_prompt(hf_tokenizer, p) + r + (eot if ended else "")
+        for p, r, ended in zip(prompts, responses, [True, True, False])
+    ]
+    batch = hf_tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        plain = hf_model(**batch).logits.squeeze(-1)
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
+    assert len(set(expected.tolist())) == 3  # three different scores, not one pooled position

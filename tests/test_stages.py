@@ -284,7 +284,7 @@ def test_build_examples_masks_the_prompt(tiny_gpt):
     assert tokenizer.decode(example.input_ids) == f"<|user|>{prompt}<|assistant|>{completion}<|endoftext|>"
 
 
-def test_build_examples_trains_on_the_last_turn_only(tiny_gpt):
+def test_build_examples_trains_on_every_assistant_turn(tiny_gpt):
     tokenizer = load_tokenizer(tiny_gpt)
     messages = [
         {"role": "user", "content": "去哪玩？"},
@@ -295,21 +295,24 @@ def test_build_examples_trains_on_the_last_turn_only(tiny_gpt):
     [example] = build_examples([messages], tokenizer, max_len=64)
     targets = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
     assert [label for label in example.labels if label != -100] == targets
-    assert tokenizer.decode(targets) == "成都。<|endoftext|>"
+    assert tokenizer.decode(targets) == "重庆。<|endoftext|>成都。<|endoftext|>"
     assert targets[-1] == tokenizer.eos_token_id
     n_context = example.labels.index(targets[0])
     assert all(label == -100 for label in example.labels[:n_context])
 
 
-def test_build_examples_truncates_and_rejects_prompt_only(tiny_gpt):
+def test_build_examples_truncates_and_skips_prompt_only(tiny_gpt):
     tokenizer = load_tokenizer(tiny_gpt)
     prompt = "我想去重庆玩，有哪些好玩的地点呢？"
     n_context = len(tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
     [example] = build_examples([(prompt, "重庆有洪崖洞。" * 10)], tokenizer, max_len=n_context + 3)
     assert len(example.input_ids) == len(example.labels) == n_context + 3
     assert sum(label != -100 for label in example.labels) == 3
-    with pytest.raises(ValueError, match="data.jsonl: demonstration 2: .*max_len"):
-        build_examples([("北京", "故宫。"), (prompt, "重庆")], tokenizer, n_context, "data.jsonl")
+    # a prompt that fills max_len leaves nothing to learn: skipped and counted, not the end of the run
+    kept = build_examples([("北京", "故宫。"), (prompt, "重庆")], tokenizer, n_context, "data.jsonl")
+    assert len(kept) == 1
+    with pytest.raises(ValueError, match="data.jsonl: all 1 demonstrations are longer than --max-len"):
+        build_examples([(prompt, "重庆")], tokenizer, n_context, "data.jsonl")
 
 
 def test_sft_loss_falls_and_saves_a_chat_model(tiny_sft):

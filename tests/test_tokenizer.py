@@ -10,7 +10,7 @@ from rlhfkit.tokenizer import (
     SPECIAL_TOKENS,
     SYSTEM,
     USER,
-    format_messages,
+    conversation_segments,
     format_prompt,
     load_tokenizer,
     train_tokenizer,
@@ -80,16 +80,19 @@ def test_chat_template(tokenizer):
     assert text == f"{SYSTEM}你是导游{USER}去哪玩？{ASSISTANT}重庆。{EOS}"
 
 
-def test_format_messages_splits_off_the_last_answer(tokenizer):
+def test_a_conversation_splits_into_context_and_every_answer(tokenizer):
     messages = [
         {"role": "user", "content": "去哪玩？"},
         {"role": "assistant", "content": "重庆。"},
         {"role": "user", "content": "还有呢？"},
         {"role": "assistant", "content": "成都。"},
     ]
-    context, answer = format_messages(tokenizer, messages)
-    assert context == f"{USER}去哪玩？{ASSISTANT}重庆。{EOS}{USER}还有呢？{ASSISTANT}"
-    assert answer == f"成都。{EOS}"
+    assert conversation_segments(tokenizer, messages) == [
+        (f"{USER}去哪玩？{ASSISTANT}", False),
+        (f"重庆。{EOS}", True),
+        (f"{USER}还有呢？{ASSISTANT}", False),
+        (f"成都。{EOS}", True),
+    ]
 
 
 def test_a_conversation_prompt_is_formatted_whole(tokenizer):
@@ -105,7 +108,7 @@ def test_without_a_chat_template_conversations_say_what_to_do(tokenizer):
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
         format_prompt(plain, [{"role": "user", "content": "去哪玩？"}])
     with pytest.raises(ValueError, match=r"\{messages\} rows need a tokenizer with a chat template"):
-        format_messages(
+        conversation_segments(
             plain, [{"role": "user", "content": "去哪玩？"}, {"role": "assistant", "content": "重庆。"}]
         )
 

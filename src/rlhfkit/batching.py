@@ -1,6 +1,7 @@
 """Text to token ids to padded tensors, and a reward model's score of them: what the stages share below their loops.
 
-    encode   chat(prompt) + response (+ EOS), the text the reward model, DPO and PPO see; prompts for sampling
+    encode   chat(prompt) + response (+ end of turn), the text the reward model, DPO and PPO see; prompts for
+             sampling, an over-long one shortened in its text so that the template's tokens stay
     pad      rows of ids as one tensor: right-padded for training and scoring, left-padded for sampling
     pack     pretraining text cut into full blocks (Step0, PPO-ptx, the eval's perplexity)
     score    r(x, y) of (prompt, response) pairs, with the reward model's demonstration-mean shift
@@ -18,7 +19,7 @@ from rlhfkit.console import console
 from rlhfkit.data import Ranked
 from rlhfkit.errors import UsageError
 from rlhfkit.modeling import last_token_scores
-from rlhfkit.tokenizer import format_prompt
+from rlhfkit.tokenizer import end_of_turn_id, format_prompt
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encode
@@ -30,10 +31,10 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
 
 
 def encode_response(tokenizer, prompt_ids: list[int], response: str, ended: bool, max_len: int) -> list[int]:
-    """chat(prompt) + response (+ EOS when the answer ended): the same text PPO scores. The prompt comes encoded
+    """chat(prompt) + response (+ the end-of-turn token when the answer ended): the same text PPO scores. The prompt comes encoded
     (`encode_prompt`), once for all of its K responses: rendering the chat template is the slow part."""
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = prompt_ids + response_ids + ([tokenizer.eos_token_id] if ended else [])
+    ids = prompt_ids + response_ids + ([end_of_turn_id(tokenizer)] if ended else [])
     return ids[-max_len:] if len(ids) > max_len else ids
 
 
@@ -61,10 +62,80 @@ def encode_items(tokenizer, items: list[Ranked], max_len: int) -> list[list[int]
     )
 
 
-def encode_prompts(tokenizer, prompts: list, chat: bool, max_prompt_len: int = 96) -> list[list[int]]:
-    """Token ids of each formatted prompt, to sample from; an over-long prompt keeps its end (where the question is)."""
+def encode_prompts(tokenizer, prompts: list, chat: bool) -> list[list[int]]:
+    """Token ids of each formatted prompt, to sample from, whole (`fit_prompts` shortens them beforehand)."""
     texts = [format_prompt(tokenizer, p, chat) for p in prompts]
-    return [ids[-max_prompt_len:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def fit_prompts(
+    tokenizer,
+    prompts: list,
+    chat: bool,
+    max_prompt_length: int | None,
+    max_new_tokens: int,
+    context: int | None,
+    stage: str,
+) -> list:
+    """The prompts a sampling stage samples from, each at most `max_prompt_length` tokens once formatted (TRL's
+    max_prompt_length; None = the longest prompt's length, capped so that prompt + answer fit the model's
+    `context`). A longer one loses the start of its earliest text — a conversation its oldest turns' words
+    first, never the chat template's tokens (role markers, the generation prompt) — and the stage says how many."""
+    if not prompts:
+        return prompts
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts, chat)]
+    room = context - max_new_tokens if context else None
+    if room is not None and room < 1:
+        raise UsageError(
+            f"[{stage}] --max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{context} tokens; give a smaller --max-new-tokens"
+        )
+    if max_prompt_length is None:
+        limit = max(lengths) if room is None else min(max(lengths), room)
+        flag = (
+            f"--max-prompt-length (default: the longest prompt, within the model's {context}-token context)"
+        )
+    else:
+        if room is not None and max_prompt_length > room:
+            raise UsageError(
+                f"[{stage}] --max-prompt-length {max_prompt_length} + --max-new-tokens {max_new_tokens} is more than "
+                f"the model's context of {context} tokens; give a --max-prompt-length of at most {room}"
+            )
+        limit, flag = max_prompt_length, f"--max-prompt-length {max_prompt_length}"
+    long = [i for i, n in enumerate(lengths) if n > limit]
+    if not long:
+        return prompts
+    fitted = list(prompts)
+    for i in long:
+        fitted[i] = shorten_prompt(tokenizer, prompts[i], chat, limit, stage)
+    console.print(
+        f"[{stage}] {len(long)} of {len(prompts)} prompts are longer than {flag}: {limit} tokens; each loses the "
+        f"start of its earliest text (the chat template's tokens are kept; the first is prompt {long[0] + 1}, "
+        f"{lengths[long[0]]} tokens)"
+    )
+    return fitted
+
+
+def shorten_prompt(tokenizer, prompt, chat: bool, limit: int, stage: str):
+    """`prompt` (text or conversation) with words cut from the start of its earliest text until its formatted ids
+    fit `limit` tokens; the template is rendered again each time, so its own tokens are never cut."""
+    messages = (
+        [dict(m) for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    )
+    for _ in range(8 * len(messages) + 8):  # each pass empties a message or fits (token boundaries can shift)
+        as_prompt = messages if isinstance(prompt, list) else messages[0]["content"]
+        excess = len(encode_prompts(tokenizer, [as_prompt], chat)[0]) - limit
+        if excess <= 0:
+            return as_prompt
+        first = next((m for m in messages if m["content"]), None)
+        if first is None:
+            break
+        ids = tokenizer(first["content"], add_special_tokens=False)["input_ids"]
+        first["content"] = tokenizer.decode(ids[excess:]).lstrip("\ufffd") if excess < len(ids) else ""
+    raise UsageError(
+        f"[{stage}] the chat template's own tokens alone are more than --max-prompt-length {limit}; give a "
+        "larger --max-prompt-length"
+    )
 
 
 def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:

@@ -49,6 +49,7 @@ class ChatArgs(C.Settings):
         None, "format with the chat template (default: yes unless the model is pretrained-only)"
     )
     max_new_tokens: int = C.arg(96, "maximum answer length in tokens")
+    max_prompt_length: int | None = C.arg(None, C.MAX_PROMPT_LENGTH_HELP)
     temperature: float = C.arg(0.7, "sampling temperature (0 = greedy)")
     top_p: float = C.arg(0.9, "nucleus sampling mass")
     seed: int = C.arg(0, "sampling seed")
@@ -274,6 +275,18 @@ def _generate(args: GenerateArgs) -> None:
 
         rows = load_prompts(args.prompts_file, control_tokens(tokenizer))
         prompts += [p.context for p in rows]  # a conversation whole
+    from rlhfkit.batching import fit_prompts
+    from rlhfkit.modeling import context_length
+
+    prompts = fit_prompts(
+        tokenizer,
+        prompts,
+        chat,
+        args.max_prompt_length,
+        args.max_new_tokens,
+        context_length(model),
+        "generate",
+    )
     repeated = [p for p in prompts for _ in range(args.num_samples)]
     if args.best_of_n > 1:
         from rlhfkit.ensemble import load_judge
@@ -300,7 +313,15 @@ def _generate(args: GenerateArgs) -> None:
         )
     else:
         answers = generate_answers(
-            model, tokenizer, repeated, chat, args.max_new_tokens, args.temperature, args.top_p, args.seed
+            model,
+            tokenizer,
+            repeated,
+            chat,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+            max_prompt_length=args.max_prompt_length,
         )
     for prompt, (answer, ended) in zip(repeated, answers):
         asked = prompt if isinstance(prompt, str) else prompt[-1]["content"]  # a conversation's last turn
@@ -350,7 +371,16 @@ def _chat(args: ChatArgs) -> None:
         if not prompt:
             break
         ((answer, ended),) = generate_answers(
-            model, tokenizer, [prompt], chat, args.max_new_tokens, args.temperature, args.top_p, seed
+            model,
+            tokenizer,
+            [prompt],
+            chat,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            seed,
+            max_prompt_length=args.max_prompt_length,
+            stage="chat",
         )
         seed += 1
         print(f"模型: {answer}{'' if ended else ' …'}")

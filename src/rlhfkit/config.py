@@ -48,8 +48,8 @@ def _within(low, high, high_open=False):
 LIMITS = {
     **dict.fromkeys(
         """batch_size grad_accum mini_batch_size ppo_epochs iterations rounds n_labelers samples_per_prompt
-        max_new_tokens ptx_batch_size world_docs log_every eval_every hidden_size num_layers num_heads
-        intermediate_size kl_horizon num_samples best_of_n headroom lora_alpha ensemble""".split(),
+        max_new_tokens max_prompt_length ptx_batch_size world_docs log_every eval_every hidden_size num_layers
+        num_heads intermediate_size kl_horizon num_samples best_of_n headroom lora_alpha ensemble""".split(),
         _at_least(1),
     ),
     **dict.fromkeys("k rloo_k max_len".split(), _at_least(2)),
@@ -79,6 +79,7 @@ CHOICES = {
     "kl_estimator": KL_ESTIMATORS,
     "loss_type": DPO_LOSS_TYPES,
     "ensemble_reduce": ENSEMBLE_REDUCES,
+    "truncation_mode": ("keep_start", "skip", "error"),
 }
 
 
@@ -91,6 +92,11 @@ ENSEMBLE_REDUCE_HELP = (
 )
 ENSEMBLE_LAMBDA_HELP = "λ of mean_minus_std / mean_minus_var"
 
+
+MAX_PROMPT_LENGTH_HELP = (
+    "most tokens of a formatted prompt (TRL name); a longer one loses the start of its earliest text, never the "
+    "chat template's tokens, and the stage says how many; default: the longest prompt, within the model's context"
+)
 
 # Settings that say how a stage runs, not what it makes: left out of the settings a model records and of the
 # pipeline's step fingerprints, so changing them neither makes a finished step stale nor names it as changed.
@@ -209,6 +215,11 @@ class SFTConfig(TrainArgs):
     max_steps: int = arg(0, "optimizer steps; 0 = derived from epochs")
     lr: float = arg(2e-5, "peak learning rate")
     batch_size: int = arg(8, "demonstrations per step (per process, before accumulation)")
+    truncation_mode: str = arg(
+        "keep_start",
+        "a demonstration longer than --max-len: keep_start (cut to its first max-len tokens; one whose prompt "
+        "alone fills them is skipped) | skip | error; each is counted and said",
+    )
     lora_r: int = arg(0, "LoRA rank; 0 = full fine-tuning. LoRA adapters are merged into the saved model")
     lora_alpha: int = arg(16, "LoRA alpha")
     lora_dropout: float = arg(0.0, "LoRA dropout")
@@ -235,6 +246,7 @@ class LabelConfig(Settings):
     )
     top_p: float = arg(1.0, "nucleus sampling mass")
     max_new_tokens: int = arg(64, "maximum response length in tokens")
+    max_prompt_length: int | None = arg(None, MAX_PROMPT_LENGTH_HELP)
     compile_sampler: bool = arg(False, COMPILE_SAMPLER_HELP)
     seed: int = arg(0, "sampling and labeler seed")
     # Iterated rounds (Bai et al. 2022; Llama 2): rank the newest policy's answers beside the SFT model's, on
@@ -394,6 +406,7 @@ class PPOConfig(TrainArgs):
     temperature: float = arg(1.0, "sampling temperature; logprobs are taken at the same temperature")
     top_p: float = arg(1.0, "nucleus sampling mass (1 = plain sampling, as PPO assumes)")
     max_new_tokens: int = arg(64, "maximum response length")
+    max_prompt_length: int | None = arg(None, MAX_PROMPT_LENGTH_HELP)
     compile_sampler: bool = arg(False, COMPILE_SAMPLER_HELP)
     max_len: int = arg(1024, "ptx block length")
     save_every: int = arg(10, "checkpoint every N iterations (0 = only at the end)")
@@ -449,6 +462,7 @@ class EvalConfig(Settings):
     temperature: float = arg(0.7, "sampling temperature of the answers")
     top_p: float = arg(0.9, "nucleus sampling mass")
     max_new_tokens: int = arg(64, "maximum answer length")
+    max_prompt_length: int | None = arg(None, MAX_PROMPT_LENGTH_HELP)
     compile_sampler: bool = arg(False, COMPILE_SAMPLER_HELP)
     heldout_text: str = arg(
         "world", "held-out pretraining text for perplexity ('world', a {'text'} file, or '')"

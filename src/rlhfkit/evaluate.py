@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.batching import collate, encode_prompts, pack, score_responses
+from rlhfkit.batching import collate, encode_prompts, fit_prompts, pack, score_responses
 from rlhfkit.config import EvalConfig
 from rlhfkit.console import console
 from rlhfkit.data import Ranked, load_prompts, write_jsonl
@@ -26,6 +26,7 @@ from rlhfkit.labelserver.export import verdicts
 from rlhfkit.losses import best_of_n_kl, lm_loss
 from rlhfkit.modeling import (
     check_vocab,
+    context_length,
     for_inference,
     is_chat_model,
     load_causal_lm,
@@ -36,7 +37,7 @@ from rlhfkit.report import write_figures, write_markdown
 from rlhfkit.rollout import generate_answers, response_logprobs, sample
 from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD, heldout_texts
-from rlhfkit.tokenizer import control_tokens, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer
 from rlhfkit.world import SEED_PROMPTS, eval_panel, parse_prompt, score, split_prompts
 from rlhfkit.world.facts import ATTRACTION_CITY
 from rlhfkit.world.oracle import find_attractions
@@ -72,6 +73,10 @@ def run(cfg: EvalConfig) -> dict:
         f"eval --kl-reference {cfg.kl_reference or models[cfg.reference]}",
         cfg.kl_reference,
     )
+    prompts = fit_prompts(
+        tokenizer, prompts, True, cfg.max_prompt_length, cfg.max_new_tokens, context_length(kl_ref), "eval"
+    )
+    repeated = [p for p in prompts for _ in range(n)]
     heldout = heldout_texts(cfg.heldout_text)
     if heldout and cfg.heldout_text == WORLD and cfg.prompts != WORLD:
         console.print(
@@ -321,7 +326,7 @@ def kl_to_reference(
         batch = sample(
             model,
             encode_prompts(tokenizer, prompts[i : i + 64], chat=True),
-            tokenizer.eos_token_id,
+            end_of_turn_id(tokenizer),
             tokenizer.pad_token_id,
             max_new_tokens,
             1.0,

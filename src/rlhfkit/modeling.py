@@ -176,6 +176,31 @@ def load_reward_model(
     )
 
 
+@torch.no_grad()
+def fit_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The model with room for the pad token `tokenizer.give_own_pad_token` added: its embeddings resized, the new
+    rows (input and output) the mean of the others (deterministic, and a logit no likelier than an average one),
+    and its config's pad_token_id the new one."""
+    added = tokenizer.__dict__.get("_rlhfkit_pad_added")
+    if added is None:
+        return model
+    old = model.get_input_embeddings().weight.shape[0]
+    if old < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        embed = model.get_input_embeddings().weight
+        embed[old:] = embed[:old].mean(0)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != embed.data_ptr():
+            head.weight[old:] = head.weight[:old].mean(0)
+    model.config.pad_token_id = added
+    return model
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most positions the model was made for (`max_position_embeddings`; GPT-2's n_positions), if it says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def for_inference(model: PreTrainedModel) -> PreTrainedModel:
     """A loaded model ready to sample or score outside a trainer (label, eval, generate, score): eval mode, on the
     GPU when there is one (trainers place their models through accelerate instead)."""

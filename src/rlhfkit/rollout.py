@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.batching import encode_prompts, pad
+from rlhfkit.batching import encode_prompts, fit_prompts, pad
 from rlhfkit.console import console
 from rlhfkit.errors import UsageError
 from rlhfkit.fast_sampler import FastSampler, decode_logits
 from rlhfkit.losses import token_logprobs
-from rlhfkit.modeling import position_ids
+from rlhfkit.modeling import context_length, position_ids
+from rlhfkit.tokenizer import end_of_turn_id
 
 
 @dataclass
@@ -249,10 +250,10 @@ def response_logprobs(model, batch: SampleBatch, temperature: float = 1.0, retur
 
 
 def decode_responses(tokenizer, batch: SampleBatch) -> list[str]:
-    """Response text without EOS/padding."""
-    texts = []
+    """Response text without its end-of-turn token or padding."""
+    texts, ends = [], {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     for row, mask in zip(batch.responses.tolist(), batch.response_mask.tolist()):
-        tokens = [t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
+        tokens = [t for t, m in zip(row, mask) if m and t not in ends]
         texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
     return texts
 
@@ -269,8 +270,14 @@ def generate_answers(
     seed: int = 0,
     batch_size: int = 64,
     compiled: bool = False,
+    max_prompt_length: int | None = None,
+    stage: str = "generate",
 ) -> list[tuple[str, bool]]:
-    """(answer text, ended with EOS) for each prompt, sampled in batches with a fixed seed."""
+    """(answer text, ended with the end-of-turn token) for each prompt, sampled in batches with a fixed seed;
+    prompts longer than `max_prompt_length` (default: what the model's context leaves) are shortened, and said."""
+    prompts = fit_prompts(
+        tokenizer, prompts, chat, max_prompt_length, max_new_tokens, context_length(model), stage
+    )
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -280,7 +287,7 @@ def generate_answers(
         batch = sample(
             model,
             ids,
-            tokenizer.eos_token_id,
+            end_of_turn_id(tokenizer, chat),
             tokenizer.pad_token_id,
             max_new_tokens,
             temperature,

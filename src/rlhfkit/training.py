@@ -530,6 +530,14 @@ def batch_indices(n_items: int, batch_size: int, batch_number: int, seed: int) -
     return out
 
 
+def steps_for_epochs(epochs: float, n_rows: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps for `epochs` passes over `n_rows`: each step reads batch_size × grad_accum rows in every
+    process (`microbatch_numbers`), so the global batch is that times the number of processes (WORLD_SIZE, set by
+    torchrun / accelerate launch; read before the stage makes its Accelerator)."""
+    processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    return max(1, math.ceil(epochs * n_rows / (batch_size * grad_accum * processes)))
+
+
 def microbatch_numbers(step: int, grad_accum: int, accelerator: Accelerator) -> list[int]:
     """Global batch numbers this process reads at optimizer step `step` (accumulation × data parallelism)."""
     world, rank = accelerator.num_processes, accelerator.process_index

@@ -15,7 +15,6 @@ IPO (Azar et al. 2023) and robust DPO (Chowdhury et al. 2024); `label_smoothing`
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -27,8 +26,8 @@ from rlhfkit.batching import check_conversations, encode_prompt, encode_response
 from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
-from rlhfkit.modeling import check_vocab, load_causal_lm, save_model
-from rlhfkit.tokenizer import control_tokens, load_tokenizer
+from rlhfkit.modeling import check_vocab, fit_vocab, load_causal_lm, save_model
+from rlhfkit.tokenizer import control_tokens, give_own_pad_token, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -47,6 +46,7 @@ from rlhfkit.training import (
     save_checkpoint,
     seed_everything,
     settings_of,
+    steps_for_epochs,
     sync_gradients_if,
 )
 
@@ -57,12 +57,13 @@ def run(cfg: DPOConfig):
         return None
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.policy)
-    policy = load_causal_lm(cfg.policy)
+    give_own_pad_token(tokenizer, "dpo")
+    policy = fit_vocab(load_causal_lm(cfg.policy), tokenizer)
     check_vocab(policy, tokenizer, f"dpo --policy {cfg.policy}")
     policy.eval()  # no dropout: the same network as the cached reference computation
     rankings = encode_rankings(cfg, tokenizer)
     accelerator = make_accelerator(cfg.mixed_precision)
-    ref_policy = load_causal_lm(cfg.ref_policy or cfg.policy).eval()
+    ref_policy = fit_vocab(load_causal_lm(cfg.ref_policy or cfg.policy), tokenizer).eval()
     check_vocab(ref_policy, tokenizer, f"dpo --ref-policy {cfg.ref_policy or cfg.policy}", cfg.ref_policy)
     n_responses = sum(len(r.rows) for r in rankings)
     with console.status(f"[dpo] caching reference log-probs of {n_responses} responses"):
@@ -71,7 +72,7 @@ def run(cfg: DPOConfig):
         )  # one (K,) each
     del ref_policy
 
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(rankings) / (cfg.batch_size * cfg.grad_accum))
+    steps = cfg.max_steps or steps_for_epochs(cfg.epochs, len(rankings), cfg.batch_size, cfg.grad_accum)
     optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.batching import encode_prompts
+from rlhfkit.batching import encode_prompts, fit_prompts
 from rlhfkit.config import LabelConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.errors import UsageError
 from rlhfkit.labelers import labeler_settings, simulated_labelers, write_settings
-from rlhfkit.modeling import check_vocab, for_inference, load_causal_lm
+from rlhfkit.modeling import check_vocab, context_length, for_inference, load_causal_lm
 from rlhfkit.rollout import decode_responses, sample
 from rlhfkit.rundir import check_out
 from rlhfkit.sources import WORLD, prompt_texts
-from rlhfkit.tokenizer import control_tokens, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer
 from rlhfkit.training import console, seed_everything
 from rlhfkit.world import parse_prompt
 from rlhfkit.world.oracle import PANEL_SEEDS
@@ -60,8 +60,10 @@ def run(cfg: LabelConfig) -> Path:
                 "only to those. Rank your own answers (K-wise or pairwise JSONL) and give them to rlhfkit reward "
                 "--data, or write the answers for people to rank with --no-rank"
             )
-    prompts = [p for _ in range(cfg.rounds) for p in base]
     writers = answer_writers(cfg, tokenizer)
+    context = min(filter(None, [context_length(w.model) for w, _ in writers]), default=None)
+    base = fit_prompts(tokenizer, base, True, cfg.max_prompt_length, cfg.max_new_tokens, context, "label")
+    prompts = [p for _ in range(cfg.rounds) for p in base]
     settings = labeler_settings(cfg)
     labelers = simulated_labelers(settings) if cfg.rank else []
 
@@ -164,7 +166,7 @@ def sample_answers(writer: Writer, tokenizer, prompts: list, n: int, cfg: LabelC
     batch = sample(
         writer.model,
         encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], chat=True),
-        tokenizer.eos_token_id,
+        end_of_turn_id(tokenizer),
         tokenizer.pad_token_id,
         cfg.max_new_tokens,
         cfg.temperature,

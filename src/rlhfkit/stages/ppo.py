@@ -50,7 +50,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from rlhfkit.batching import NARROW_REWARD_STD, collate, encode_prompts, narrow_rewards, pack
+from rlhfkit.batching import NARROW_REWARD_STD, collate, encode_prompts, fit_prompts, narrow_rewards, pack
 from rlhfkit.config import PPOConfig
 from rlhfkit.ensemble import RewardEnsemble, load_judge, members
 from rlhfkit.errors import UsageError
@@ -70,6 +70,7 @@ from rlhfkit.modeling import (
     TokenScores,
     backbone,
     check_vocab,
+    context_length,
     last_token_scores,
     load_causal_lm,
     load_reward_model,
@@ -81,7 +82,7 @@ from rlhfkit.modeling import (
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, response_logprobs, sample
 from rlhfkit.sources import GOLD, GOLD_FORMULA, WORLD, gold_reward, pretrain_texts, prompt_texts
-from rlhfkit.tokenizer import control_tokens, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -120,6 +121,15 @@ def run(cfg: PPOConfig, reward_fn=None):
     models = build_models(cfg, reward_fn, device)
     tokenizer, ref_policy = models.tokenizer, models.ref_policy
     prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
+    prompts = fit_prompts(
+        tokenizer,
+        prompts,
+        True,
+        cfg.max_prompt_length,
+        cfg.max_new_tokens,
+        context_length(models.policy),
+        cfg.algo,
+    )
     policy, value_model, optimizer, scheduler, ema = prepare(cfg, accelerator, models)
     earlier = continued_from(cfg)  # a round after the first: rollouts numbered on, adaptive β where it was
     kl_ctl = KLController(earlier.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
@@ -534,7 +544,7 @@ def rollout(cfg: PPOConfig, policy, tokenizer, prompts, number: int, generator):
     batch = sample(
         policy,
         encode_prompts(tokenizer, batch_prompts, chat=True),
-        tokenizer.eos_token_id,
+        end_of_turn_id(tokenizer),
         tokenizer.pad_token_id,
         cfg.max_new_tokens,
         cfg.temperature,

@@ -34,7 +34,6 @@ saved as a stock directory `member_m/` of --out; `ensemble.load_judge` reads the
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -63,6 +62,7 @@ from rlhfkit.modeling import (
     RLHFKIT_META,
     TokenScores,
     check_vocab,
+    fit_vocab,
     for_inference,
     from_pretrained,
     last_token_scores,
@@ -72,7 +72,7 @@ from rlhfkit.modeling import (
 )
 from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD
-from rlhfkit.tokenizer import control_tokens, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, give_own_pad_token, load_tokenizer
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -91,6 +91,7 @@ from rlhfkit.training import (
     save_checkpoint,
     seed_everything,
     settings_of,
+    steps_for_epochs,
     sync_gradients_if,
 )
 from rlhfkit.world import (
@@ -110,6 +111,7 @@ def run(cfg: RewardConfig):
         return None
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
+    give_own_pad_token(tokenizer, "reward")
     data = load_rounds(cfg, control_tokens(tokenizer))
     if not data.val:
         console.print(
@@ -151,7 +153,7 @@ def train_reward_model(
     if member is not None and finished_earlier(cfg, f"reward member {member}"):
         return None
     elements = train_items if cfg.kwise else as_independent_pairs(train_items, seed)
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(elements) / (cfg.batch_size * cfg.grad_accum))
+    steps = cfg.max_steps or steps_for_epochs(cfg.epochs, len(elements), cfg.batch_size, cfg.grad_accum)
     console.print(
         f"[reward] {'' if member is None else f'member {member} (seed {seed}): '}{len(train_items)} train / "
         f"{len(data.val)} val rankings ({sum(len(i.pairs()) for i in train_items)} train pairs), "
@@ -159,7 +161,7 @@ def train_reward_model(
     )
 
     seed_everything(seed)  # the head's initialisation
-    model = load_reward_model(cfg.model, tokenizer.pad_token_id)
+    model = fit_vocab(load_reward_model(cfg.model, tokenizer.pad_token_id), tokenizer)
     check_vocab(model, tokenizer, f"reward --model {cfg.model}")
     model = TokenScores(model)  # what DDP must wrap: the per-response scores, not HF's pooled forward
     accelerator = make_accelerator(cfg.mixed_precision)
