@@ -48,7 +48,8 @@ def console_text(capsys) -> str:
 
 
 def without_time(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+    """Metrics rows less how the run went (wall time, peak memory), which differ between identical runs."""
+    return [{k: v for k, v in row.items() if k not in ("time", "peak_memory_mb")} for row in rows]
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:

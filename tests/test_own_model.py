@@ -315,3 +315,78 @@ def test_an_exported_reward_model_scores_the_same_in_plain_transformers(kind, ow
         plain = hf_model(**batch).logits.squeeze(-1)
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
     assert len(set(expected.tolist())) == 3  # three different scores, not one pooled position
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5 is in tests/test_distributed.py (two processes). 7. Precision, memory, loading options.
+
+
+def test_a_bf16_checkpoint_trains_and_saves_in_bf16_with_its_memory_logged(tmp_path):
+    from safetensors.torch import load_file
+
+    from own_models import build
+    from rlhfkit.stages import sft
+
+    model = build("qwen2", tmp_path / "bf16", dtype=torch.bfloat16)
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "Hello."}] * 4)
+    common = dict(
+        model=str(model), data=str(data), max_steps=2, batch_size=2, log_every=1, mixed_precision="no"
+    )
+    sft.run(
+        SFTConfig(
+            out=str(tmp_path / "auto"), gradient_checkpointing=True, attn_implementation="eager", **common
+        )
+    )
+    assert {t.dtype for t in load_file(str(tmp_path / "auto" / "model.safetensors")).values()} == {
+        torch.bfloat16
+    }
+    rows = [json.loads(line) for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["peak_memory_mb"] > 0 for row in rows)
+    sft.run(SFTConfig(out=str(tmp_path / "fp32"), dtype="fp32", **common))
+    assert {t.dtype for t in load_file(str(tmp_path / "fp32" / "model.safetensors")).values()} == {
+        torch.float32
+    }
+
+
+def test_loading_options_reach_transformers(own, monkeypatch):
+    from rlhfkit import modeling
+
+    seen = {}
+    real = modeling.AutoModelForCausalLM.from_pretrained
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained", spy)
+    modeling.use_load_options(SFTConfig(trust_remote_code=True, attn_implementation="eager", dtype="bf16"))
+    try:
+        model = modeling.load_causal_lm(own["llama"])
+    finally:
+        modeling.use_load_options(SFTConfig())
+    assert seen["trust_remote_code"] is True and seen["attn_implementation"] == "eager"
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert SFTConfig().trust_remote_code is False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. The embedded world never stands in for a user's data.
+
+
+def test_eval_with_a_judge_on_a_users_model_needs_its_prompts(own, tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    code = main(
+        ["eval", "--models", f"sft={own['qwen2']}", "--reference", "sft", "--judge", "rm", "--out", out]
+    )
+    assert code == 2
+    said = console_text(capsys)
+    assert "eval --judge rm without --prompts" in said and "give --prompts FILE.jsonl" in said
+
+
+def test_ppo_ptx_on_a_users_model_needs_its_text(own, tmp_path):
+    from rlhfkit.stages import ppo
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi"}] * 4)
+    cfg = PPOConfig(out=str(tmp_path / "ppo"), policy=str(own["qwen2"]), prompts=str(prompts), ptx_coef=1.0)
+    with pytest.raises(ValueError, match="ppo --ptx-coef 1.0 without --ptx-data.*give --ptx-data FILE.jsonl"):
+        ppo.run(cfg, reward_fn=lambda prompts, texts, ended: [0.0] * len(texts))

@@ -80,6 +80,7 @@ CHOICES = {
     "loss_type": DPO_LOSS_TYPES,
     "ensemble_reduce": ENSEMBLE_REDUCES,
     "truncation_mode": ("keep_start", "skip", "error"),
+    "dtype": ("auto", "bf16", "fp16", "fp32"),
 }
 
 
@@ -160,6 +161,14 @@ class TrainArgs(Settings):
     max_len: int = arg(1024, "maximum tokens per sequence")
     log_every: int = arg(10, "log metrics every N steps")
     save_every: int = arg(100, "write a resumable checkpoint every N steps (0 = only at the end)")
+    dtype: str = arg(
+        "auto", "auto | bf16 | fp16 | fp32: the weights' dtype, loaded and saved; auto = the checkpoint's own"
+    )
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass (less memory)")
+    attn_implementation: str | None = arg(
+        None, "eager | sdpa | flash_attention_2 ...; default: transformers'"
+    )
+    trust_remote_code: bool = arg(False, "run the Python code a checkpoint ships (auto_map); off: refused")
 
 
 @dataclass

@@ -44,7 +44,7 @@ def load_judge(
     pad_token_id: int,
     reduce: str = "mean",
     lam: float = 0.0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """A trained reward model (`modeling.load_reward_model(..., trained=True)`), or the ensemble at `path` as one
     `RewardEnsemble` combining its members by `reduce` (and λ)."""

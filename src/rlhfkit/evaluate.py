@@ -32,12 +32,13 @@ from rlhfkit.modeling import (
     load_causal_lm,
     read_meta,
     same_tokenizer,
+    use_load_options,
 )
 from rlhfkit.report import write_figures, write_markdown
 from rlhfkit.rollout import generate_answers, response_logprobs, sample
 from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD, heldout_texts
-from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer, writes_the_world
 from rlhfkit.world import SEED_PROMPTS, eval_panel, parse_prompt, score, split_prompts
 from rlhfkit.world.facts import ATTRACTION_CITY
 from rlhfkit.world.oracle import find_attractions
@@ -45,6 +46,7 @@ from rlhfkit.world.oracle import find_attractions
 
 def run(cfg: EvalConfig) -> dict:
     """`rlhfkit eval`: sample, judge, measure; write report.json, report.md, answers.jsonl and the figures."""
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     if cfg.human:  # people's verdicts from the label server: nothing to sample or judge
         return human_win_rates(cfg)
     out = Path(cfg.out)
@@ -598,6 +600,14 @@ def parse_named(pairs: list[str]) -> dict[str, str]:
 
 def load_eval_prompts(cfg: EvalConfig):
     """(prompts, families, judge): the world's eval split and panel, or a user file judged by a reward model."""
+    if cfg.prompts == WORLD and cfg.judge is not None:
+        reference = parse_named(cfg.models)[cfg.reference]
+        if not writes_the_world(load_tokenizer(reference)):
+            raise UsageError(
+                f"eval --judge {cfg.judge} without --prompts: the prompts would be the embedded world's (Chinese, "
+                f"made for rlhfkit's own tokenizer), and {reference} has another tokenizer; give --prompts FILE.jsonl "
+                "with your own eval prompts"
+            )
     if cfg.prompts == WORLD:
         tasks = split_prompts()["eval"]
         prompts, families = [t.prompt for t in tasks], [t.family for t in tasks]

@@ -72,10 +72,57 @@ def build_default_model(
     return LlamaForCausalLM(config)
 
 
+@dataclass
+class LoadOptions:
+    """How every model is loaded in this process (a stage's --dtype, --attn-implementation, --trust-remote-code,
+    --gradient-checkpointing; `use_load_options`)."""
+
+    dtype: str = "auto"  # auto = the checkpoint's own (config.json's dtype), else fp32
+    attn_implementation: str | None = None  # None = transformers' default (sdpa)
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+LOAD = LoadOptions()
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def use_load_options(cfg) -> None:
+    """Load every model of this stage as `cfg` says (settings it lacks: the defaults)."""
+    global LOAD
+    LOAD = LoadOptions(**{f: getattr(cfg, f) for f in LoadOptions.__dataclass_fields__ if hasattr(cfg, f)})
+
+
+def checkpoint_dtype(config) -> torch.dtype:
+    """The dtype a model is loaded in: --dtype, or with auto the one its config.json records (fp32 if none)."""
+    if LOAD.dtype != "auto":
+        return DTYPES[LOAD.dtype]
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = getattr(torch, recorded, None)
+    return recorded if isinstance(recorded, torch.dtype) and recorded.is_floating_point else torch.float32
+
+
+def _model_options(config) -> dict:
+    options = {"dtype": checkpoint_dtype(config)}
+    if LOAD.attn_implementation:
+        options["attn_implementation"] = LOAD.attn_implementation
+    return options
+
+
+def _checkpointed(model: PreTrainedModel) -> PreTrainedModel:
+    if LOAD.gradient_checkpointing:  # recompute activations in the backward pass (training only)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def from_pretrained(loader, path: str | Path, what: str, **kwargs):
     """`loader.from_pretrained`, with what can be wrong with a directory said in one line naming it: missing,
     without its files, a damaged weights file, weights that do not fit the config. Code shipped with a model
-    (`auto_map`) is never run: trust_remote_code stays off."""
+    (`auto_map`) runs only with --trust-remote-code (off by default)."""
     local = Path(path).expanduser()
     if not local.exists() and (
         str(path).startswith((".", "/", "~")) or local.parent.is_dir() and str(local.parent) != "."
@@ -89,7 +136,7 @@ def from_pretrained(loader, path: str | Path, what: str, **kwargs):
             f"[rlhfkit] {what} {path!s} is not a directory here: looking it up on the Hugging Face Hub"
         )
     try:
-        return loader.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+        return loader.from_pretrained(str(path), trust_remote_code=LOAD.trust_remote_code, **kwargs)
     except SafetensorError as err:  # empty, truncated or not a safetensors file at all
         raise UsageError(
             f"{what} {path!s}: its weights ({', '.join(p.name for p in local.glob('*.safetensors')) or 'safetensors'}) "
@@ -143,7 +190,7 @@ def mismatch(loader, local: Path, kwargs: dict) -> str:
     return "the shapes differ"
 
 
-def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """Any local HF causal LM directory (or hub id when online); a reward model is refused, since its LM head
     would be loaded as fresh noise (its scalar head replaced it)."""
     config = from_pretrained(AutoConfig, path, "model")
@@ -153,11 +200,12 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreT
             f"{path} is a reward model ({scalar[0]}), not a language model: it has no trained LM head to generate "
             "or train from; give the directory of a pretrained or SFT model"
         )
-    return from_pretrained(AutoModelForCausalLM, path, "model", config=config, dtype=dtype)
+    options = {**_model_options(config), **({"dtype": dtype} if dtype is not None else {})}
+    return _checkpointed(from_pretrained(AutoModelForCausalLM, path, "model", config=config, **options))
 
 
 def load_reward_model(
-    path: str | Path, pad_token_id: int, dtype: torch.dtype = torch.float32, trained: bool = False
+    path: str | Path, pad_token_id: int, dtype: torch.dtype | None = None, trained: bool = False
 ) -> PreTrainedModel:
     """A scalar-head model: a trained reward model, or a causal LM whose new head starts at zero-mean noise.
 
@@ -171,8 +219,9 @@ def load_reward_model(
         )
     config.num_labels = 1
     config.pad_token_id = pad_token_id  # the head reads the last non-pad token
-    return from_pretrained(
-        AutoModelForSequenceClassification, path, "reward model", config=config, dtype=dtype
+    options = {**_model_options(config), **({"dtype": dtype} if dtype is not None else {})}
+    return _checkpointed(
+        from_pretrained(AutoModelForSequenceClassification, path, "reward model", config=config, **options)
     )
 
 

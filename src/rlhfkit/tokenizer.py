@@ -98,6 +98,12 @@ def give_own_pad_token(tokenizer: PreTrainedTokenizerBase, stage: str) -> bool:
     return True
 
 
+def writes_the_world(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Is this rlhfkit's own kind of tokenizer (its chat template), the one the embedded world's data is made for?
+    A user's checkpoint with another tokenizer must not be handed the world's Chinese prompts or text silently."""
+    return tokenizer.chat_template == CHAT_TEMPLATE
+
+
 def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The strings this tokenizer reads as special tokens wherever they stand in a text (EOS, pad, role markers):
     data must not spell them (`data.load_sft(..., control_tokens)` and friends refuse it)."""

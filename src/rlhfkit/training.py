@@ -416,6 +416,8 @@ class Tracker:
         if not self.enabled:
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()  # this stage's peak, not an earlier one's in the same process
         # A resumed run appends: metrics.jsonl keeps the whole history, rows after the checkpoint are dropped.
         self._truncate_metrics_after(self.start_step)
         self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -455,6 +457,7 @@ class Tracker:
             return
         row = {"step": step, "time": round(time.time() - self.start_time, 3)}
         row.update({k: float(v) for k, v in metrics.items()})
+        row["peak_memory_mb"] = peak_memory_mb()  # how it ran, as the time: not compared between runs
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         for key, value in metrics.items():
@@ -478,6 +481,17 @@ class Tracker:
         self.progress.stop()
         self.writer.close()
         self.metrics_file.close()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory so far, in MiB: on a GPU the tensors allocated since this stage began
+    (torch.cuda.max_memory_allocated), on a CPU the process's peak resident set (which includes earlier stages of
+    one pipeline process)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def read_metrics(out_dir: str | Path) -> list[dict]:

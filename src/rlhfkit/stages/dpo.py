@@ -26,7 +26,7 @@ from rlhfkit.batching import check_conversations, encode_prompt, encode_response
 from rlhfkit.config import DPOConfig
 from rlhfkit.data import load_preferences
 from rlhfkit.losses import dpo_loss, sequence_logprob, token_logprobs
-from rlhfkit.modeling import check_vocab, fit_vocab, load_causal_lm, save_model
+from rlhfkit.modeling import check_vocab, fit_vocab, load_causal_lm, save_model, use_load_options
 from rlhfkit.tokenizer import control_tokens, give_own_pad_token, load_tokenizer
 from rlhfkit.training import (
     Tracker,
@@ -52,6 +52,7 @@ from rlhfkit.training import (
 
 
 def run(cfg: DPOConfig):
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     out = Path(cfg.out)
     if finished_earlier(cfg, "dpo"):
         return None

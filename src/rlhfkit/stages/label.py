@@ -28,7 +28,7 @@ from rlhfkit.config import LabelConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.errors import UsageError
 from rlhfkit.labelers import labeler_settings, simulated_labelers, write_settings
-from rlhfkit.modeling import check_vocab, context_length, for_inference, load_causal_lm
+from rlhfkit.modeling import check_vocab, context_length, for_inference, load_causal_lm, use_load_options
 from rlhfkit.rollout import decode_responses, sample
 from rlhfkit.rundir import check_out
 from rlhfkit.sources import WORLD, prompt_texts
@@ -39,6 +39,7 @@ from rlhfkit.world.oracle import PANEL_SEEDS
 
 
 def run(cfg: LabelConfig) -> Path:
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     check_out(cfg.out, "label --out", is_file=True)  # before sampling, not after
     shared = sorted(set(range(cfg.seed, cfg.seed + cfg.n_labelers)) & set(PANEL_SEEDS))
     if cfg.rank and shared:

@@ -79,10 +79,11 @@ from rlhfkit.modeling import (
     read_meta,
     save_model,
     scalar_head,
+    use_load_options,
 )
 from rlhfkit.rollout import SampleBatch, decode_responses, response_logprobs, sample
 from rlhfkit.sources import GOLD, GOLD_FORMULA, WORLD, gold_reward, pretrain_texts, prompt_texts
-from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer
+from rlhfkit.tokenizer import control_tokens, end_of_turn_id, load_tokenizer, writes_the_world
 from rlhfkit.training import (
     Tracker,
     batch_indices,
@@ -106,10 +107,17 @@ from rlhfkit.training import (
 def run(cfg: PPOConfig, reward_fn=None):
     """Train; `reward_fn(prompts, responses, ended) -> (B,) tensor` replaces the reward model (tests, toy rewards).
     `--reward-model gold` is the embedded world's gold judge as that reward_fn (`sources.gold_reward`)."""
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     out = Path(cfg.out)
     if finished_earlier(cfg, cfg.algo):
         return None
     check_settings(cfg)
+    if cfg.ptx_coef > 0 and cfg.ptx_data == WORLD and not writes_the_world(load_tokenizer(cfg.policy)):
+        raise UsageError(
+            f"ppo --ptx-coef {cfg.ptx_coef} without --ptx-data: the ptx text would be the embedded world's (Chinese, "
+            f"made for rlhfkit's own tokenizer), and {cfg.policy} has another tokenizer; give --ptx-data FILE.jsonl "
+            "with {'text'} rows of your pretraining text"
+        )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rlhfkit.batching import pack
 from rlhfkit.config import PretrainConfig
-from rlhfkit.modeling import ModelSize, build_default_model, check_vocab, load_causal_lm
+from rlhfkit.modeling import ModelSize, build_default_model, check_vocab, load_causal_lm, use_load_options
 from rlhfkit.sources import pretrain_texts
 from rlhfkit.stages.lm import train_lm
 from rlhfkit.tokenizer import control_tokens, load_tokenizer, train_tokenizer
@@ -20,6 +20,7 @@ from rlhfkit.training import console, finished_earlier
 
 
 def run(cfg: PretrainConfig):
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for a --model it continues
     if finished_earlier(cfg, "pretrain"):
         return None
     texts = load_texts(cfg)

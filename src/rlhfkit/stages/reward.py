@@ -69,6 +69,7 @@ from rlhfkit.modeling import (
     load_reward_model,
     read_meta,
     save_model,
+    use_load_options,
 )
 from rlhfkit.rundir import write_json
 from rlhfkit.sources import WORLD
@@ -107,6 +108,7 @@ from rlhfkit.world import (
 
 
 def run(cfg: RewardConfig):
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     if finished_earlier(cfg, "reward"):
         return None
     seed_everything(cfg.seed)

@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model
 from rlhfkit.batching import LMExample
 from rlhfkit.config import SFTConfig
 from rlhfkit.errors import UsageError
-from rlhfkit.modeling import check_vocab, fit_vocab, load_causal_lm
+from rlhfkit.modeling import check_vocab, fit_vocab, load_causal_lm, use_load_options
 from rlhfkit.sources import demonstrations
 from rlhfkit.stages.lm import train_lm
 from rlhfkit.tokenizer import (
@@ -34,6 +34,7 @@ from rlhfkit.training import console, finished_earlier, seed_everything, steps_f
 
 
 def run(cfg: SFTConfig):
+    use_load_options(cfg)  # --dtype, --attn-implementation, ... for every model it loads
     if finished_earlier(cfg, "sft"):
         return None
     tokenizer = load_tokenizer(cfg.model)
