@@ -220,7 +220,7 @@ def test_every_choice_names_a_setting_there_is():
     for name in CHOICES:
         defaults = [
             getattr(cls(), name)
-            for cls in (PPOConfig, DPOConfig)
+            for cls in (PPOConfig, DPOConfig, SFTConfig)
             if name in {f.name for f in dataclasses.fields(cls)}
         ]
         assert defaults and all(d in CHOICES[name] for d in defaults), name
