@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/pipeline_time.py                 # seed 0, preset default
     .venv/bin/python benchmarks/pipeline_time.py --seeds 0 1 2   # the ordering check of the pipeline issue
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/pipeline_time.py --preset tiny --jobs 2 \
+        --out runs/bench_j2 --json runs/bench_j2.json               # steps side by side, 2 threads between them
 
 Writes benchmarks/results/pipeline_time.json (replacing the seeds it ran, keeping the others) and prints a
 table: seconds per step, win rate vs SFT with its 95% interval per model, pretraining perplexity, and whether
@@ -78,6 +80,13 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/pipeline_time.json")
     parser.add_argument("--note", default="", help="stored with each run, e.g. what else ran at the time")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="rlhfkit pipeline --jobs: steps side by side, the threads (OMP_NUM_THREADS) shared between them "
+        "(default: the pipeline's, the CPUs; 1 = one step at a time)",
+    )
+    parser.add_argument(
         "--pool-only",
         action="store_true",
         help="run nothing: recompute the seeds-pooled win rates of --json from its runs' eval answers",
@@ -104,7 +113,9 @@ def main() -> None:
         return
     for seed in args.seeds:
         start = time.time()
-        cfg = PipelineConfig(out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed, resume=args.resume)
+        cfg = PipelineConfig(
+            out=f"{args.out}/seed{seed}", preset=args.preset, seed=seed, resume=args.resume, jobs=args.jobs
+        )
         report = run(cfg)
         wall = time.time() - start
         models = {
@@ -119,6 +130,8 @@ def main() -> None:
                 "run": cfg.out,
                 "wall_seconds": round(wall, 1),
                 "torch_threads": torch.get_num_threads(),
+                "jobs": report["seconds"]["jobs"],
+                "step_seconds_sum": report["seconds"]["total"],
                 "date": time.strftime("%Y-%m-%d"),
                 "note": args.note,
                 "resumed": args.resume,
@@ -131,7 +144,11 @@ def main() -> None:
 
     print(f"\npreset {args.preset} on {os.cpu_count()} cores, torch {torch.__version__}")
     for r in results:
-        print(f"\nseed {r['seed']}: {r['wall_seconds']:.0f} s total")
+        jobs = r.get("jobs", 1)
+        print(
+            f"\nseed {r['seed']}: {r['wall_seconds']:.0f} s total, --jobs {jobs}"
+            + (f" ({r['step_seconds_sum']:.0f} s of steps side by side)" if jobs > 1 else "")
+        )
         print("  " + "  ".join(f"{step} {sec:.0f}s" for step, sec in r["steps"].items()))
         for name, m in r["models"].items():
             lo, hi = m["win_rate_ci"]

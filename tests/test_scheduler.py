@@ -66,6 +66,23 @@ def test_a_bad_jobs_value_is_refused_where_it_is_given():
         PipelineConfig(jobs=0)
 
 
+def test_of_the_steps_ready_at_once_the_one_on_the_longest_path_starts_first():
+    # no stage: each runs here, one at a time, in the order the scheduler picks
+    steps = plan(
+        [
+            Step("sft", [], lambda: False, lambda: None),
+            Step("ppo", ["sft"], lambda: False, lambda: None, seconds=97),
+            Step("ppo_ptx", ["sft"], lambda: False, lambda: None, seconds=136),
+            Step("dpo", ["sft"], lambda: False, lambda: None, seconds=60),
+            Step("after_dpo", ["dpo"], lambda: False, lambda: None, seconds=50),
+            Step("eval", ["ppo", "ppo_ptx", "after_dpo"], lambda: False, lambda: None),
+        ]
+    )
+    began, ended, begin, end = recorder()
+    run_steps(steps, jobs=2, threads=2, begin=begin, end=end)
+    assert began == ["sft", "ppo_ptx", "dpo", "ppo", "after_dpo", "eval"]  # dpo's path: 60 + 50 > 97
+
+
 @pytest.fixture
 def children_import_helpers(monkeypatch):
     """Children import scheduler_helpers from this directory (PYTHONPATH, as the pipeline's import rlhfkit)."""

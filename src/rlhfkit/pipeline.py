@@ -13,6 +13,11 @@ the same settings it comes out the same, so what was built on it stays valid).
 `steps.json` records, per step, the settings it was built with and the steps it was built on: a step whose
 settings changed, or was built on a step whose settings changed, is rebuilt on `--resume` (a model is never
 reused stale, nor finished from a checkpoint of other settings).
+
+With `--jobs N` (`rlhfkit.scheduler`) the steps that can overlap run side by side, each in a child process with
+its share of the threads, its console output in `<out>/<step>/log.txt` and one status line here when it starts
+and finishes; `--jobs 1` runs every step in this process, in order. Only this process writes `steps.json`,
+`timings.json` and the report.
 """
 
 from __future__ import annotations
@@ -262,6 +267,7 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             stage=(function, config),
             log=out / ("label" if name == "label" else Path(config.out).name) / "log.txt",
             after=copy_tokenizer if name == "pretrain" else None,
+            seconds=timings.get(name) or EXPECTED_SECONDS.get(name, 1.0),
         )
 
     data = Step(
@@ -305,6 +311,19 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
+# Seconds of the default run's steps (benchmarks/results/pipeline_time.json, seeds 0-2, 2 threads; ppo_gold and rloo
+# taken as PPO's): with --jobs, of the steps ready at once the one on the longest path starts first (PPO-ptx before
+# PPO, the reward model before DPO). A resumed run goes by its own timings.json instead.
+EXPECTED_SECONDS = {
+    "label": 72,
+    "reward": 90,
+    "ppo": 97,
+    "ppo_ptx": 136,
+    "rloo": 97,
+    "ppo_gold": 97,
+    "dpo": 114,
+    "eval": 72,
+}
 # What each step is built on; a step is stale when its settings or any of these changed.
 PARENTS = {
     "pretrain": [],

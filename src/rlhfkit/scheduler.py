@@ -52,6 +52,9 @@ class Step:
     stage: tuple[Callable, object] | None = None  # (stage function, its config): what a child process runs
     log: Path | None = None  # a child's console output
     after: Callable[[bool], None] | None = None  # in this process once it ran (True) or was skipped (False)
+    seconds: float = (
+        1.0  # what it is expected to take: of the steps ready at once, those on the longest path start first
+    )
     ancestors: set[str] = field(default_factory=set)
 
 
@@ -118,6 +121,11 @@ class Scheduler:
         self.steps, self.jobs, self.begin, self.end = steps, jobs, begin, end
         self.share = max(1, threads // jobs)  # threads per child
         self.alone = alone(steps)
+        # the expected seconds from a step's start to the end of the run, along its longest path (critical path)
+        self.to_the_end: dict[str, float] = {}
+        for step in reversed(steps):
+            after = [self.to_the_end[t.name] for t in steps if step.name in t.parents]
+            self.to_the_end[step.name] = step.seconds + max(after, default=0.0)
         self.finished: set[str] = set()
         self.running: dict[str, tuple[subprocess.Popen, float, object]] = {}
 
@@ -128,7 +136,7 @@ class Scheduler:
             f"of {self.share} thread{'s' * (self.share > 1)} each (their output in <out>/<step>/log.txt); "
             f"{', '.join(s.name for s in self.steps if s.name in self.alone)} run here"
         )
-        pending = list(self.steps)
+        pending = sorted(self.steps, key=lambda s: -self.to_the_end[s.name])  # stable: ties in step order
         try:
             while pending or self.running:
                 started = self._start_ready(pending)
