@@ -137,6 +137,15 @@ def main() -> None:
                 "resumed": args.resume,
                 "steps": report["seconds"]["steps"],
                 "models": models,
+                # the selectable headroom (best of K SFT answers by gold vs SFT's), overall and per family
+                "headroom": {
+                    k: {
+                        "share": e["share"],
+                        "share_ci": e["share_ci"],
+                        "by_family": {f: v["share"] for f, v in e["by_family"].items()},
+                    }
+                    for k, e in report.get("headroom", {}).get("by_k", {}).items()
+                },
                 "ordering": ordering(report),
             }
         )
