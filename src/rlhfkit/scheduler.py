@@ -165,6 +165,7 @@ class Scheduler:
                 start = time.time()
                 step.action()
                 self.end(step, time.time() - start)
+                console.print(f"[pipeline] {step.name}: finished in {time.time() - start:.0f} s")
                 self._done(step, ran=True)
             else:
                 self._spawn(step)
