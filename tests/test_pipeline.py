@@ -381,3 +381,113 @@ def test_resume_rebuilds_what_changed_settings_make_stale(tiny_run, tmp_path, ca
         assert (out / name / "model.safetensors").stat().st_mtime_ns == mtime, f"{name} was rebuilt"
     built = json.loads((out / "steps.json").read_text())
     assert built["ppo"]["settings"]["kl_coef"] == 0.5 and built["ppo"]["complete"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --rlhf-rounds N: PPO in rounds, the reward model shown each round's policy's answers.
+
+ROUND_STEPS = ("ppo/round_1/ppo", "ppo/round_2/label", "ppo/round_2/reward", "ppo", "ppo/round_3/label")
+
+
+@pytest.fixture(scope="module")
+def rounds_run(tmp_path_factory):
+    """The tiny preset in 2 rounds, PPO and its ceiling only, 4 PPO iterations (2 a round) and no headroom, so that
+    the evaluation is not the run's largest step: ~25 s, serial (the resume below takes the default --jobs)."""
+    out = tmp_path_factory.mktemp("rounds") / "run"
+    config = out.parent / "rounds.yaml"
+    config.write_text("rlhf_rounds: 2\nppo: {iterations: 4}\neval: {headroom: []}\n", encoding="utf-8")
+    flags = ["--preset", "tiny", "--out", str(out), "--methods", "ppo", "ppo_gold", "--config", str(config)]
+    assert main(["pipeline", *flags, "--jobs", "1"]) == 0
+    return out, flags
+
+
+def test_rlhf_rounds_run_end_to_end_and_report_each_round(rounds_run):
+    out, _ = rounds_run
+    built = json.loads((out / "steps.json").read_text())
+    assert {*ROUND_STEPS, "ppo_gold"} <= set(built) and all(built[s]["complete"] for s in ROUND_STEPS)
+    # round 2's rankings are of round 1's policy, its reward model continues Step2's, its PPO round 1's policy
+    assert set(built["ppo/round_2/label"]["parents"]) == {"ppo/round_1/ppo", "sft"}
+    assert set(built["ppo/round_2/reward"]["parents"]) == {"ppo/round_2/label", "reward"}
+    assert set(built["ppo"]["parents"]) == {"sft", "ppo/round_2/reward", "ppo/round_1/ppo"}
+    assert built["ppo"]["settings"]["policy"] == "<out>/ppo_rounds/round_1/ppo"  # a moved run is the same run
+    first, last = read_meta(out / "ppo_rounds" / "round_1" / "ppo"), read_meta(out / "ppo")
+    assert (first["iterations"], last["iterations"], last["rollouts_before"]) == (2, 2, 2)
+    assert last["settings"]["ref_policy"] == str(out / "sft")  # the KL still to SFT
+    assert last["settings"]["reward_model"] == str(out / "ppo_rounds" / "round_2" / "reward")
+    rankings = read_jsonl(out / "ppo_rounds" / "round_2" / "comparisons.jsonl")
+    writers = {w for row in rankings for w in row["models"]}
+    assert writers == {str(out / "ppo_rounds" / "round_1" / "ppo"), str(out / "sft")}
+    measured = read_jsonl(out / "ppo_rounds" / "round_3" / "comparisons.jsonl")
+    assert {r["prompt"] for r in measured}.isdisjoint({r["prompt"] for r in rankings})  # parts 1/2 and 2/2
+
+    report = json.loads((out / "eval" / "report.json").read_text(encoding="utf-8"))
+    assert {"ppo_round1", "ppo", "ppo_gold"} <= set(report["models"])
+    rows = report["rlhf_rounds"]["ppo"]
+    assert [(r["round"], r["iterations"], r["policy"]) for r in rows] == [(1, 2, "ppo_round1"), (2, 4, "ppo")]
+    assert [r["reward_model"] for r in rows] == ["reward", "ppo/round_2/reward"]
+    eval_json = json.loads((out / "ppo_rounds" / "round_2" / "reward" / "eval.json").read_text())
+    assert rows[0]["rm_on_own_policy"] == eval_json["accuracy_on_new_samples"]["previous"]
+    for row in rows:
+        assert row["win_rate"] == report["models"][row["policy"]]["win_rate"]
+        assert (
+            0 <= row["rm_on_own_policy"]["panel_agreement"] <= 1
+            and row["rm_on_own_policy"]["n_panel_pairs"] > 0
+        )
+    md = (out / "eval" / "report.md").read_text(encoding="utf-8")
+    table = md.split("## RLHF rounds")[1].split("\n## ")[0]
+    assert [line.split(" | ")[:3] for line in table.splitlines() if line.startswith("| ppo")] == [
+        ["| ppo_round1", "1", "2"],
+        ["| ppo", "2", "4"],
+    ]
+
+
+def test_resume_after_deleting_round_2s_ppo_rebuilds_it_alone(rounds_run, capsys):
+    out, flags = rounds_run
+    kept = {
+        name: (out / name / "model.safetensors").stat().st_mtime_ns
+        for name in ("sft", "reward", "ppo_rounds/round_1/ppo", "ppo_rounds/round_2/reward", "ppo_gold")
+    }
+    before = (out / "ppo" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "ppo")
+    capsys.readouterr()
+    assert main(["pipeline", *flags, "--resume"]) == 0
+    console = console_text(capsys)
+    for step in ("pretrain", "sft", "label", "reward", "ppo_gold", *ROUND_STEPS):
+        assert (f"] {step}: finished earlier, skipped" in console) == (step != "ppo"), step
+    for name, mtime in kept.items():
+        assert (out / name / "model.safetensors").stat().st_mtime_ns == mtime, f"{name} was rebuilt"
+    # seeded, at the serial run's one thread (the resume's child: 1 // jobs, at least 1): the same model again
+    assert (out / "ppo" / "model.safetensors").read_bytes() == before
+    assert "rlhf_rounds" in json.loads((out / "eval" / "report.json").read_text(encoding="utf-8"))
+
+
+def test_one_rlhf_round_is_todays_pipeline_and_n_rounds_split_the_iterations(tmp_path):
+    from rlhfkit.pipeline import fingerprints, step_graph
+
+    def graph(*flags, config=None):
+        cfg, steps = resolved(
+            "--preset", "tiny", "--out", str(tmp_path / "a"), *flags, config=config, tmp_path=tmp_path
+        )
+        return cfg, steps, step_graph(cfg, steps), fingerprints(cfg, steps)
+
+    _, today, names, prints = graph()
+    _, one, names_1, prints_1 = graph("--rlhf-rounds", "1")
+    assert one == today and list(names_1) == list(names) and prints_1 == prints
+    cfg, steps, rounds, prints_2 = graph("--rlhf-rounds", "2", config={"ppo": {"iterations": 4}})
+    assert [n for n in rounds if n.startswith("ppo_ptx")] == [
+        "ppo_ptx/round_1/ppo",
+        "ppo_ptx/round_2/label",
+        "ppo_ptx/round_2/reward",
+        "ppo_ptx",
+        "ppo_ptx/round_3/label",
+    ]
+    assert rounds["ppo_ptx"][0].ptx_coef == 1.0 and rounds["ppo_ptx"][0].iterations == 2
+    assert set(rounds["eval"][1]) >= {*ROUND_STEPS, "ppo_ptx/round_3/label"}
+    # the steps before Step3 and the methods without rounds are the one-round run's: adding rounds reuses them
+    _, _, _, prints_4 = graph(config={"ppo": {"iterations": 4}})
+    same = {n for n in prints_4 if prints_4[n]["fingerprint"] == prints_2[n]["fingerprint"]}
+    assert same == {"pretrain", "sft", "label", "reward", "rloo", "ppo_gold", "dpo"}
+    with pytest.raises(ValueError, match=r"ppo.iterations = 3 does not split into 2 rounds"):
+        graph("--rlhf-rounds", "2")
+    with pytest.raises(ValueError, match=r"--methods dpo runs neither"):
+        graph("--rlhf-rounds", "2", "--methods", "dpo")

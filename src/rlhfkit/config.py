@@ -630,9 +630,15 @@ class PipelineConfig(Settings):
         "threads/jobs threads and its output in <out>/<step>/log.txt; 1 = one step at a time, all in this "
         "process (default: the CPUs, at most the steps that can overlap)",
     )
+    rlhf_rounds: int = arg(
+        1,
+        "iterated RLHF: PPO and PPO-ptx each in N rounds of iterations/N; after each round the labelers rank its "
+        "policy's answers beside SFT's on a fresh part of the RL prompts, the reward model continues on them and "
+        "PPO continues from that policy, the KL still to SFT (docs/rlhf-rounds.md); 1 = one PPO run",
+    )
     print_config: bool = arg(False, "print the resolved configuration as YAML and exit")
 
-    OWN_LIMITS: typing.ClassVar[dict] = {"jobs": _at_least(1)}
+    OWN_LIMITS: typing.ClassVar[dict] = {"jobs": _at_least(1), "rlhf_rounds": _at_least(1)}
 
 
 # The preset section each stage's settings come from (`rlhfkit STAGE --preset`, `preset_config`).

@@ -5,6 +5,7 @@
     data/comparisons.jsonl  K answers per RM prompt, ranked by simulated labelers
     reward/     Step2 reward model             ppo/ ppo_ptx/   Step3 policies
     ppo_gold/   PPO on the world's gold judge instead of the reward model: the report's ceiling
+    ppo_rounds/ ppo_ptx_rounds/   with --rlhf-rounds N > 1: each chain's rounds before its last (`step_graph`)
     eval/       report.json, report.md, winrate.png, curves.png
 
 Every step writes its own directory; `--resume` skips the finished ones and continues an interrupted one from
@@ -34,15 +35,21 @@ import torch
 import yaml
 
 from rlhfkit import config as C
+from rlhfkit import rounds
 from rlhfkit.config import METHODS, PRESETS, PipelineConfig
 from rlhfkit.console import console
+from rlhfkit.data import load_preferences, read_records
+from rlhfkit.ensemble import load_judge
 from rlhfkit.errors import UsageError
+from rlhfkit.evaluate import accuracy_on_samples
 from rlhfkit.evaluate import run as evaluate
+from rlhfkit.modeling import for_inference
 from rlhfkit.report import write_markdown
 from rlhfkit.rundir import write_atomic
 from rlhfkit.scheduler import Step, plan, resolve_jobs, run_steps
 from rlhfkit.sources import GOLD
 from rlhfkit.stages import dpo, label, ppo, pretrain, reward, sft
+from rlhfkit.tokenizer import load_tokenizer
 from rlhfkit.training import is_finished
 from rlhfkit.world import export_world
 
@@ -61,6 +68,8 @@ STEP_CONFIGS = {
 }
 # best_of_n trains nothing: it is evaluated from SFT + RM
 TRAINED_METHODS = ("ppo", "ppo_ptx", "rloo", "ppo_gold", "dpo")
+# the methods --rlhf-rounds N splits into rounds (PPO on the gold judge needs none: its reward is never wrong)
+ROUND_METHODS = ("ppo", "ppo_ptx")
 
 
 def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, object]:
@@ -115,7 +124,27 @@ def resolve(cfg: PipelineConfig, overrides: dict | None = None) -> dict[str, obj
             raise UsageError(
                 f"pipeline section {step!r} (preset {cfg.preset!r} and --config): {err}"
             ) from None
+    check_rounds(cfg, steps)
     return steps
+
+
+def check_rounds(cfg: PipelineConfig, steps: dict) -> None:
+    """--rlhf-rounds N > 1: some method to split, and iterations that split into N equal rounds."""
+    if cfg.rlhf_rounds == 1:
+        return
+    chains = [m for m in ROUND_METHODS if m in cfg.methods]
+    if not chains:
+        raise UsageError(
+            f"pipeline --rlhf-rounds {cfg.rlhf_rounds}: the rounds split PPO and PPO-ptx, and --methods "
+            f"{' '.join(cfg.methods)} runs neither; add ppo or ppo_ptx, or drop --rlhf-rounds"
+        )
+    for m in chains:
+        if steps[m].iterations % cfg.rlhf_rounds:
+            raise UsageError(
+                f"pipeline --rlhf-rounds {cfg.rlhf_rounds}: {m}.iterations = {steps[m].iterations} does not split "
+                f"into {cfg.rlhf_rounds} rounds of equal length; set the iterations (the `ppo:` section of "
+                f"--config, which PPO-ptx inherits) to a multiple of {cfg.rlhf_rounds}"
+            )
 
 
 RUN_WIDE = {"seed", "mixed_precision", "resume"}  # one value for the whole run, set at the top level
@@ -141,7 +170,10 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
             "reward_model": out / "reward",
             "heldout_text": out / "data" / "pretrain_heldout.jsonl",  # avoids this run's own corpus
             "models": [
-                f"{name}={out / name}" for name in ("gpt", "sft", *cfg.methods) if name != "best_of_n"
+                f"{name}={path}"
+                for model in ("gpt", "sft", *cfg.methods)
+                if model != "best_of_n"
+                for name, path in [*round_policies(cfg, model).items(), (model, out / model)]
             ],
         },
     }
@@ -152,6 +184,86 @@ def derived_settings(cfg: PipelineConfig) -> dict[str, dict]:
         values.update({key: getattr(cfg, key) for key in RUN_WIDE if key in names})
         derived[step] = values
     return derived
+
+
+def round_policies(cfg: PipelineConfig, method: str) -> dict[str, Path]:
+    """With --rlhf-rounds N > 1, the policies of a chain's rounds before its last ({"ppo_round1": ...}), which the
+    evaluation reports beside the last (the method's own directory, `ppo/`); {} otherwise."""
+    if cfg.rlhf_rounds == 1 or method not in ROUND_METHODS:
+        return {}
+    work = Path(cfg.out) / f"{method}_rounds"
+    return {f"{method}_round{r}": rounds.round_dir(work, r) / "ppo" for r in range(1, cfg.rlhf_rounds)}
+
+
+def round_plan(cfg: PipelineConfig, steps: dict, method: str) -> rounds.RoundPlan:
+    """The pipeline's rounds: the benchmark's defaults (continue the reward model on each round's rankings, half of
+    every prompt's K answers by SFT), over N disjoint parts of the RL prompts, which Step2 never ranked."""
+    return rounds.RoundPlan(
+        rounds=cfg.rlhf_rounds,
+        iterations_total=steps[method].iterations,
+        label_prompts=str(Path(cfg.out) / "data" / "rl_prompts.jsonl"),
+    )
+
+
+def round_steps(cfg: PipelineConfig, steps: dict, method: str) -> dict[str, tuple[object, list[str]]]:
+    """One chain of rounds (`rlhfkit.rounds`), step name → (config, the steps it is built on), in order:
+
+        ppo/round_1/ppo                 SFT → PPO on Step2's reward model, iterations/N
+        ppo/round_r/label               round r−1's and SFT's answers on part r−1 of N of the RL prompts, ranked
+        ppo/round_r/reward              the previous reward model continued on them (eval.json: its accuracy there)
+        ppo/round_r/ppo                 round r−1's policy continued against it, the KL still to SFT
+        ppo                             round N's PPO, in the method's own directory: what the evaluation reports
+        ppo/round_{N+1}/label           round N's answers on part N of N: the last reward model graded on the last
+                                        policy (the report's last row; nothing trains on them)
+
+    The rounds before the last write under <out>/ppo_rounds/ (ppo_ptx: ppo_ptx/..., <out>/ppo_ptx_rounds/)."""
+    out, n = Path(cfg.out), cfg.rlhf_rounds
+    work, plan = out / f"{method}_rounds", round_plan(cfg, steps, method)
+    chain = {**steps, "ppo": steps[method]}  # the rounds' PPO settings are the method's own (PPO-ptx: γ)
+    members = {
+        k: getattr(steps["reward"], k) for k in ("ensemble", "ensemble_bootstrap")
+    }  # Step2's kind of RM
+    found: dict[str, tuple[object, list[str]]] = {}
+    policy, reward_model = None, "reward"
+    for r in range(1, n + 1):
+        for kind, config in rounds.round_configs(chain, plan, work, r).items():
+            name = method if kind == "ppo" and r == n else f"{method}/round_{r}/{kind}"
+            if kind == "label":
+                parents = [policy, "sft"]
+            elif kind == "reward":
+                config = dataclasses.replace(config, **members)
+                parents, reward_model = [f"{method}/round_{r}/label", reward_model], name
+            else:
+                if r == n:
+                    config = dataclasses.replace(config, out=str(out / method))
+                parents, policy = ["sft", reward_model, *([policy] if policy else [])], name
+            found[name] = (config, parents)
+    measure = dataclasses.replace(rounds.measure_config(chain, plan, work), model=str(out / method))
+    found[f"{method}/round_{n + 1}/label"] = (measure, [method, "sft"])
+    return found
+
+
+def step_graph(cfg: PipelineConfig, steps: dict) -> dict[str, tuple[object, list[str]]]:
+    """Every step the run may build, step name → (its config, the steps it is built on), parents first: `PARENTS`,
+    and with --rlhf-rounds N > 1 each chain of rounds in place of its method's single PPO (`round_steps`), the
+    evaluation built on all of them."""
+    graph: dict[str, tuple[object, list[str]]] = {}
+    extra: list[str] = []
+    for name, parents in PARENTS.items():
+        if cfg.rlhf_rounds > 1 and name in ROUND_METHODS and name in cfg.methods:
+            chain = round_steps(cfg, steps, name)
+            graph |= chain
+            extra += [step for step in chain if step != name]
+        elif name == "eval":
+            graph[name] = (steps[name], [*parents, *extra])
+        else:
+            graph[name] = (steps[name], list(parents))
+    return graph
+
+
+def round_chain(name: str) -> str | None:
+    """The method whose chain of rounds `name` belongs to (ppo/round_2/label → ppo), None for the other steps."""
+    return name.split("/")[0] if "/" in name else None
 
 
 def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
@@ -172,6 +284,7 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     )
     timings_path = out / "timings.json"
     timings = (read_record(timings_path) or {}) if cfg.resume else {}
+    graph = step_graph(cfg, steps)
     built_path, prints = out / "steps.json", fingerprints(cfg, steps)
     built = read_record(built_path)
     if cfg.resume and built is None and (out / "gpt").exists():
@@ -195,7 +308,7 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         new, old = prints.get(name), built.get(name)
         if cfg.resume and new and old and old["fingerprint"] != new["fingerprint"]:
             console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
-            target = Path(steps[name].out)
+            target = Path(graph[name][0].out)
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             done = False
         if old and not old.get("complete", True):  # it was interrupted, whatever its files say
@@ -214,13 +327,16 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         timings[step.name] = round(seconds, 2)
         write_atomic(timings_path, json.dumps(timings, indent=2))
         if step.name == "eval":
-            add_timings()
+            add_timings_and_rounds()
         if step.name in prints:
             record(step.name, complete=True)
 
-    def add_timings() -> None:
-        """The report with every step's wall time: part of the eval step, so a kill here runs it again."""
+    def add_timings_and_rounds() -> None:
+        """The report with every step's wall time and, with rounds, what each round measured: part of the eval
+        step, so a kill here runs it again."""
         report = json.loads((out / "eval" / "report.json").read_text())
+        if cfg.rlhf_rounds > 1:
+            report["rlhf_rounds"] = rounds_report(cfg, steps, graph, report)
         report["seconds"] = {
             **report["seconds"],
             "steps": timings,
@@ -246,9 +362,17 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             )
 
     corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
-    stages = {"pretrain": pretrain.run, "sft": sft.run, "label": label.run, "reward": reward.run}
-    stages |= {m: dpo.run if m == "dpo" else ppo.run for m in TRAINED_METHODS if m in cfg.methods}
-    stages["eval"] = evaluate
+    functions = {"pretrain": pretrain.run, "sft": sft.run, "label": label.run, "reward": reward.run}
+    functions |= {m: dpo.run if m == "dpo" else ppo.run for m in TRAINED_METHODS}
+    functions["eval"] = evaluate
+    # the steps of this run: the stages, the methods asked for and their rounds (a round step is named after its
+    # stage last: ppo/round_2/label runs label)
+    stages = {
+        name: functions[name.rsplit("/", 1)[-1]]
+        for name in graph
+        if (round_chain(name) or name) in cfg.methods
+        or name in ("pretrain", "sft", "label", "reward", "eval")
+    }
 
     finished = {
         "pretrain": lambda: is_finished(out / "gpt"),
@@ -258,16 +382,30 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     }
 
     def stage_step(name: str) -> Step:
-        function, config = stages[name], steps[name]
+        function, (config, parents) = stages[name], graph[name]
+        if round_chain(name) is None:
+            done = finished.get(name, lambda: is_finished(out / name))
+            log = out / ("label" if name == "label" else Path(config.out).name) / "log.txt"
+        elif function is label.run:  # a round's rankings: one file, its log beside it
+            done, log = (lambda: Path(config.out).exists()), Path(config.out).parent / "label" / "log.txt"
+        else:
+            done, log = (lambda: is_finished(config.out)), Path(config.out) / "log.txt"
+        if (
+            round_chain(name) or name in ROUND_METHODS and cfg.rlhf_rounds > 1
+        ):  # a round: about 1/N of the step
+            kind = (round_chain(name) or name) if function is ppo.run else name.rsplit("/", 1)[-1]
+            expected = EXPECTED_SECONDS.get(kind, 1.0) / cfg.rlhf_rounds
+        else:
+            expected = EXPECTED_SECONDS.get(name, 1.0)
         return Step(
             name,
-            ["data"] if name == "pretrain" else [p for p in PARENTS[name] if p in stages],
-            finished.get(name, lambda: is_finished(out / name)),
+            ["data"] if name == "pretrain" else [p for p in parents if p in stages],
+            done,
             lambda: function(config),
             stage=(function, config),
-            log=out / ("label" if name == "label" else Path(config.out).name) / "log.txt",
+            log=log,
             after=copy_tokenizer if name == "pretrain" else None,
-            seconds=timings.get(name) or EXPECTED_SECONDS.get(name, 1.0),
+            seconds=timings.get(name) or expected,
         )
 
     data = Step(
@@ -276,9 +414,9 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
         lambda: (out / "data" / "eval_prompts.jsonl").exists(),
         lambda: export_world(out / "data", n_docs=corpus_docs),
     )
-    graph = plan([data, *(stage_step(name) for name in stages)])
-    jobs = resolve_jobs(cfg.jobs, graph)
-    run_steps(graph, jobs, torch.get_num_threads(), begin, end)
+    dag = plan([data, *(stage_step(name) for name in stages)])
+    jobs = resolve_jobs(cfg.jobs, dag)
+    run_steps(dag, jobs, torch.get_num_threads(), begin, end)
     report = json.loads((out / "eval" / "report.json").read_text())
     total, now = sum(timings.values()), time.time() - began
     took = f"{now:.0f} s" + (
@@ -290,6 +428,54 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     )
     console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
     return report
+
+
+ROUND_ROWS = ("win_rate", "win_rate_ci", "gold_score", "kl_to_sft", "pretrain_ppl")
+
+
+def rounds_report(cfg: PipelineConfig, steps: dict, graph: dict, report: dict) -> dict:
+    """report.json's "rlhf_rounds": per chain, per round, its policy's evaluation and the accuracy of the reward
+    model that round's PPO optimised on that policy's answers (agreement with the held-out panel, ties excluded) —
+    measured before it was updated (round r+1's reward eval.json; the last round: its rankings of part N of N) —
+    and of the updated one on the held-out part of them."""
+    n, found = cfg.rlhf_rounds, {}
+    for method in (m for m in ROUND_METHODS if m in cfg.methods):
+        plan, rows = round_plan(cfg, steps, method), []
+        for r in range(1, n + 1):
+            policy = method if r == n else f"{method}_round{r}"
+            ppo_step = method if r == n else f"{method}/round_{r}/ppo"
+            model = report["models"].get(policy, {})
+            row = {
+                "round": r,
+                "iterations": plan.iterations * r,
+                "policy": policy,
+                "reward_model": "reward" if r == 1 else f"{method}/round_{r}/reward",
+                **{key: model.get(key) for key in ROUND_ROWS},
+            }
+            if r < n:
+                path = Path(graph[f"{method}/round_{r + 1}/reward"][0].out) / "eval.json"
+                after = json.loads(path.read_text(encoding="utf-8")).get("accuracy_on_new_samples") or {}
+                row["rm_on_own_policy"] = after.get("previous")
+                row["updated_rm_on_held_out"] = after.get("new_on_val")
+                row["labels_vs_panel_agreement"] = after.get("labels_vs_panel_agreement")
+            else:
+                row["rm_on_own_policy"] = last_rm_accuracy(
+                    graph[f"{method}/round_{n + 1}/label"][0].out,
+                    graph[ppo_step][0].reward_model,
+                    steps["reward"].max_len,
+                )
+            rows.append(row)
+        found[method] = rows
+    return found
+
+
+def last_rm_accuracy(comparisons: str, reward_model: str, max_len: int) -> dict:
+    """The last reward model on the last policy's answers (the rankings nothing trained on)."""
+    tokenizer = load_tokenizer(reward_model)
+    judge = for_inference(load_judge(reward_model, tokenizer.pad_token_id))
+    items = list(load_preferences(comparisons))
+    writers = [record.get("models") for _, record in read_records(comparisons)]
+    return accuracy_on_samples(judge, tokenizer, items, max_len, writers)
 
 
 def read_record(path: Path) -> dict | None:
@@ -343,17 +529,27 @@ def fingerprints(cfg: PipelineConfig, steps: dict) -> dict[str, dict]:
     """Per step: its settings (less the paths that only chain it under `out`, and `config.HOW_IT_RUNS`), its parents'
     fingerprints, and a hash of both — so a step's fingerprint changes when anything it was built from does."""
     derived, prints = derived_settings(cfg), {}
-    for name, parents in PARENTS.items():
+    for name, (config, parents) in step_graph(cfg, steps).items():
+        own = derived.get(name, {})
+        # a round's paths are all under `out`: written relative to it, so that a moved run is the same run
+        relative = round_chain(name) is not None or (cfg.rlhf_rounds > 1 and name in ROUND_METHODS)
         settings = {
-            k: v
-            for k, v in dataclasses.asdict(steps[name]).items()
-            if k not in C.HOW_IT_RUNS
-            and not (k in derived[name] and k not in RUN_WIDE and v == derived[name][k])
+            k: _under_out(v, cfg.out) if relative else v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in C.HOW_IT_RUNS and not (k in own and k not in RUN_WIDE and v == own[k])
         }
         record = {"settings": settings, "parents": {p: prints[p]["fingerprint"] for p in parents}}
         text = json.dumps(record, sort_keys=True, default=str)
         prints[name] = {"fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16], **record}
     return prints
+
+
+def _under_out(value, out: str):
+    """A path under the run directory as <out>/...; lists path by path; anything else as it is."""
+    if isinstance(value, list):
+        return [_under_out(v, out) for v in value]
+    root = str(Path(out)) + "/"
+    return "<out>/" + value[len(root) :] if isinstance(value, str) and value.startswith(root) else value
 
 
 def why_stale(old: dict, new: dict) -> str:

@@ -81,6 +81,7 @@ def write_markdown(report: dict, path: Path, timings: dict | None = None) -> Non
             cells = [_fmt(m["by_family"].get(f, {}).get("win_rate")) for f in families]
             lines.append(f"| {label(name, m)} | " + " | ".join(cells) + " |")
     lines += headroom_lines(report)
+    lines += rounds_lines(report)
     travel = {
         n: m["by_family"]["travel"].get("attractions_all_in_city")
         for n, m in report["models"].items()
@@ -152,6 +153,43 @@ def headroom_lines(report: dict) -> list[str]:
     for k, entry in headroom["by_k"].items():
         cells = [cell(entry["by_family"][f]) if f in entry["by_family"] else "—" for f in families]
         lines.append(f"| {k} | {cell(entry)} | {_fmt(entry['gold_score'], 2)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rounds_lines(report: dict) -> list[str]:
+    """report.md's table of the RLHF rounds (`pipeline --rlhf-rounds N`): per chain and round, its policy's win rate,
+    gold and KL, and the accuracy of the reward model that round's PPO optimised on that policy's answers."""
+    chains = report.get("rlhf_rounds")
+    if not chains:
+        return []
+    ref = report["reference"]
+
+    def agreement(stats: dict | None) -> str:
+        if not stats or stats.get("panel_agreement") is None:
+            return "—"
+        return f"{_fmt(stats['panel_agreement'])} ({stats['n_panel_pairs']} pairs)"
+
+    lines = [
+        "",
+        "## RLHF rounds",
+        "",
+        "Each round's policy, and the reward model its PPO optimised graded on that policy's own answers — before it "
+        "was updated on them — by its agreement with the held-out panel (pairs the panel orders, ties excluded); the "
+        "updated one on the held-out rankings of them. The last round's policy is the method's row above.",
+        "",
+        f"| policy | round | iterations | win rate vs {ref} | 95% CI | gold score | KL (nats) | reward model | "
+        "its accuracy on this policy's answers | updated RM, held-out |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rows in chains.values():
+        for row in rows:
+            lo, hi = row["win_rate_ci"] or (None, None)
+            lines.append(
+                f"| {row['policy']} | {row['round']} | {row['iterations']} | {_fmt(row['win_rate'])} | "
+                f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(row['gold_score'], 2)} | {_fmt(row['kl_to_sft'], 2)} | "
+                f"{row['reward_model']} | {agreement(row.get('rm_on_own_policy'))} | "
+                f"{agreement(row.get('updated_rm_on_held_out'))} |"
+            )
     return lines
 
 
