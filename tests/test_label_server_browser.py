@@ -150,8 +150,9 @@ def test_people_label_in_a_browser_and_the_stages_train_on_the_export(browser, s
     (label,) = db.labels(sets["demos"].id)
     assert label["labeler"] == "alice" and label["value"] == {"text": "我是 alice 写的回答。<b>不是粗体</b>"}
     page.fill("#answer", "第二个回答。")
+    before = page.url  # read before the click: the page may have moved on by the time click() returns
     page.click("#submit")
-    submitted(page, page.url)
+    submitted(page, before)
     assert page.locator("h1").inner_text().startswith("Nothing left for you in demos")
 
     # alice ranks the four answers of "html": drag the fourth to the top, tie another with it by key, flag one
