@@ -390,3 +390,52 @@ def test_ppo_ptx_on_a_users_model_needs_its_text(own, tmp_path):
     cfg = PPOConfig(out=str(tmp_path / "ppo"), policy=str(own["qwen2"]), prompts=str(prompts), ptx_coef=1.0)
     with pytest.raises(ValueError, match="ppo --ptx-coef 1.0 without --ptx-data.*give --ptx-data FILE.jsonl"):
         ppo.run(cfg, reward_fn=lambda prompts, texts, ended: [0.0] * len(texts))
+
+
+@pytest.mark.parametrize("kind", ["qwen2"])
+def test_scoring_a_row_longer_than_the_reward_models_context_says_so(kind, own, capsys):
+    """`score_responses` (score, best-of-n, eval's RM judge) reads a row's score at its last token, so a row longer
+    than the model's context keeps its last tokens: never silently, and a row that fits is scored whole."""
+    from rlhfkit import batching
+    from rlhfkit.modeling import context_length, load_reward_model
+    from rlhfkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(own[kind])
+    model = load_reward_model(own[kind], tokenizer.pad_token_id).eval()
+    limit = context_length(model)
+    batching._SAID_CUT.discard(limit)
+    long = "word " * (2 * limit)
+    short, cut = batching.score_responses(model, tokenizer, ["Hi", "Hi"], ["Fine.", long]).tolist()
+    assert f"1 of 2 (prompt, answer) rows are longer than {limit} tokens" in console_text(capsys)
+    rows = batching.encode_rows(tokenizer, ["Hi", "Hi"], ["Fine.", long], [True, True], 10 * limit)
+    ids, mask = batching.pad([rows[0], rows[1][-limit:]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = batching.last_token_scores(model, ids, mask).tolist()
+    assert [short, cut] == pytest.approx(expected, abs=1e-6)
+    batching.score_responses(model, tokenizer, ["Hi"], ["Fine."])
+    assert "longer than" not in console_text(capsys)  # nothing cut, nothing said
+
+
+def test_gradient_checkpointing_recomputes_the_layers_in_training(tmp_path, monkeypatch):
+    """--gradient-checkpointing reaches the training forward: transformers runs each decoder layer through
+    torch.utils.checkpoint (counted here), and without the flag it runs none."""
+    import transformers.modeling_utils as hf_modeling
+
+    from own_models import build
+    from rlhfkit.stages import sft
+
+    calls = []
+    real = hf_modeling.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_modeling, "checkpoint", counting)
+    model = build("llama", tmp_path / "llama")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "Hello."}] * 4)
+    common = dict(model=str(model), data=str(data), max_steps=1, batch_size=2, mixed_precision="no")
+    sft.run(SFTConfig(out=str(tmp_path / "plain"), **common))
+    assert calls == []
+    sft.run(SFTConfig(out=str(tmp_path / "ckpt"), gradient_checkpointing=True, **common))
+    assert len(calls) >= 1

@@ -18,7 +18,7 @@ import torch
 from rlhfkit.console import console
 from rlhfkit.data import Ranked
 from rlhfkit.errors import UsageError
-from rlhfkit.modeling import last_token_scores
+from rlhfkit.modeling import context_length, last_token_scores
 from rlhfkit.tokenizer import end_of_turn_id, format_prompt
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,19 +238,33 @@ def score_responses(
     prompts: list,
     responses: list[str],
     ended: list[bool] | None = None,
-    max_len: int = 256,
+    max_len: int | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """r(x, y) for each (prompt, response), including the stored demonstration-mean shift. (N,)"""
+    """r(x, y) for each (prompt, response), including the stored demonstration-mean shift. (N,)
+
+    A row longer than `max_len` tokens (None: the model's context) keeps its last `max_len`, where the score is
+    read; how many were cut is said once per process and length (a judge scores one pair at a time)."""
     ended = ended if ended is not None else [True] * len(prompts)
+    max_len = max_len or context_length(model) or 1 << 30
     device = next(model.parameters()).device
-    out = []
+    out, n_cut = [], 0
     for i in range(0, len(prompts), batch_size):
         batch = slice(i, i + batch_size)
-        rows = encode_rows(tokenizer, prompts[batch], responses[batch], ended[batch], max_len)
-        ids, mask = pad(rows, tokenizer.pad_token_id)
+        rows = encode_rows(tokenizer, prompts[batch], responses[batch], ended[batch], max_len + 1)
+        n_cut += sum(len(r) > max_len for r in rows)
+        ids, mask = pad([r[-max_len:] for r in rows], tokenizer.pad_token_id)
         out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
+    if n_cut and max_len not in _SAID_CUT:
+        _SAID_CUT.add(max_len)
+        console.print(
+            f"[score] warning: {n_cut} of {len(prompts)} (prompt, answer) rows are longer than {max_len} tokens, "
+            f"the reward model's limit; they are scored on their last {max_len} tokens (the prompt's start is cut)"
+        )
     return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
+
+
+_SAID_CUT: set[int] = set()  # the lengths `score_responses` has already warned of
 
 
 # Below this spread on the centring answers the reward model barely tells answers apart, and PPO's rewards,
