@@ -112,12 +112,6 @@ def run(cfg: PPOConfig, reward_fn=None):
     if finished_earlier(cfg, cfg.algo):
         return None
     check_settings(cfg)
-    if cfg.ptx_coef > 0 and cfg.ptx_data == WORLD and not writes_the_world(load_tokenizer(cfg.policy)):
-        raise UsageError(
-            f"ppo --ptx-coef {cfg.ptx_coef} without --ptx-data: the ptx text would be the embedded world's (Chinese, "
-            f"made for rlhfkit's own tokenizer), and {cfg.policy} has another tokenizer; give --ptx-data FILE.jsonl "
-            "with {'text'} rows of your pretraining text"
-        )
     seed_everything(cfg.seed)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
@@ -129,25 +123,15 @@ def run(cfg: PPOConfig, reward_fn=None):
     models = build_models(cfg, reward_fn, device)
     tokenizer, ref_policy = models.tokenizer, models.ref_policy
     prompts, ptx_blocks = load_data(cfg, tokenizer)  # the RL prompts; pretraining blocks for PPO-ptx
+    context = context_length(models.policy)
     prompts = fit_prompts(
-        tokenizer,
-        prompts,
-        True,
-        cfg.max_prompt_length,
-        cfg.max_new_tokens,
-        context_length(models.policy),
-        cfg.algo,
+        tokenizer, prompts, True, cfg.max_prompt_length, cfg.max_new_tokens, context, cfg.algo
     )
     policy, value_model, optimizer, scheduler, ema = prepare(cfg, accelerator, models)
     earlier = continued_from(cfg)  # a round after the first: rollouts numbered on, adaptive β where it was
     kl_ctl = KLController(earlier.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.kl_horizon)
     own_state = checkpointed_modules(cfg, ema, value_model)
-    start, changed = 0, {}
-    if cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg))):
-        start, changed, kl_ctl.value = state["step"], state["changed"], state["kl_coef"]
-        for name, module in own_state.items():
-            module.load_state_dict(state["tensors"][name])
-        console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {start}")
+    start, changed = resumed(cfg, accelerator, scheduler, kl_ctl, own_state)
 
     stage = "ppo_ptx" if cfg.ptx_coef > 0 else cfg.algo
     with Tracker(out, stage, cfg.iterations, start, enabled=accelerator.is_main_process) as tracker:
@@ -193,50 +177,19 @@ def run(cfg: PPOConfig, reward_fn=None):
                 advantages = whiten(advantages, mask)
 
             # 5. update: ppo_epochs passes over shuffled minibatches
-            stats: dict[str, list[float]] = {}
-            for epoch in range(cfg.ppo_epochs):
-                order = torch.randperm(
-                    len(last),
-                    generator=torch.Generator().manual_seed(
-                        cfg.seed + 7919 * (earlier.rollouts + it) + epoch
-                    ),
-                )
-                for mb in order.split(cfg.mini_batch_size):
-                    mb_batch = minibatch(batch, mb)
-                    w = mb_batch.response_mask.shape[1]  # response columns this minibatch uses
-                    mb_mask = mask[mb, :w]
-                    v_loss = ptx_loss = None
-                    with accelerator.autocast():
-                        logprobs, logits = response_logprobs(
-                            policy, mb_batch, cfg.temperature, return_logits=True
-                        )
-                        pg_loss, pg_stats = ppo_policy_loss(
-                            logprobs, old_logprobs[mb, :w], advantages[mb, :w], mb_mask, cfg.cliprange
-                        )
-                        loss = pg_loss
-                        entropy = masked_mean(entropy_from_logits(logits), mb_mask)
-                        record(stats, pg_loss=pg_loss, entropy=entropy, **pg_stats)
-                        if value_model is not None:
-                            values = values_of(value_model, policy, mb_batch, cfg)
-                            v_loss, v_stats = ppo_value_loss(
-                                values, old_values[mb, :w], returns[mb, :w], mb_mask, cfg.cliprange_value
-                            )
-                            loss = loss + cfg.vf_coef * v_loss
-                            record(stats, v_loss=v_loss, **v_stats)
-                        if ptx_blocks is not None:
-                            ptx_loss = ptx_lm_loss(
-                                policy, ptx_blocks, cfg, number, epoch, mb, tokenizer, device
-                            )
-                            loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
-                            record(stats, ptx_loss=ptx_loss)
-                    check_finite(it + 1, accelerator, "iteration", **named_losses(pg_loss, v_loss, ptx_loss))
-                    accelerator.backward(loss)
-                    clip_gradients(accelerator, optimizer_params(optimizer), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update(accelerator.unwrap_model(policy))
+            episodes = Episodes(batch, mask, old_logprobs, old_values, advantages, returns)
+            trained = (policy, value_model, optimizer, scheduler, ema)
+            stats = update(
+                cfg,
+                accelerator,
+                trained,
+                episodes,
+                ptx_blocks,
+                tokenizer,
+                number,
+                earlier.rollouts + it,
+                it + 1,
+            )
 
             # 6. β, metrics, samples, checkpoint
             non_score_reward = -kl_ctl.value * kl.sum(1).mean().item()  # the β of this rollout, not whitened
@@ -266,6 +219,89 @@ def run(cfg: PPOConfig, reward_fn=None):
 
     meta = {"kl_coef": kl_ctl.value, "changed": changed, "earlier": earlier, "reward_kind": reward_kind}
     return save_final(cfg, accelerator, policy, value_model, ema, tokenizer, stage, **meta)
+
+
+@dataclass
+class Episodes:
+    """One rollout, scored: what the update epochs read. (B, R) each but `batch`; old_values None for RLOO."""
+
+    batch: SampleBatch
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor | None
+    advantages: torch.Tensor
+    returns: torch.Tensor | None
+
+
+def update(
+    cfg: PPOConfig,
+    accelerator,
+    trained,
+    episodes: Episodes,
+    ptx_blocks,
+    tokenizer,
+    number,
+    rollout,
+    iteration,
+) -> dict[str, list[float]]:
+    """Step 5: `ppo_epochs` passes over shuffled minibatches of the episodes (the clipped policy loss, the clipped
+    value loss, the ptx LM loss), one optimizer step each; returns every minibatch's statistics."""
+    policy, value_model, optimizer, scheduler, ema = trained
+    batch, mask, advantages, returns = episodes.batch, episodes.mask, episodes.advantages, episodes.returns
+    old_logprobs, old_values, device = episodes.old_logprobs, episodes.old_values, accelerator.device
+    stats: dict[str, list[float]] = {}
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(
+            len(mask), generator=torch.Generator().manual_seed(cfg.seed + 7919 * rollout + epoch)
+        )
+        for mb in order.split(cfg.mini_batch_size):
+            mb_batch = minibatch(batch, mb)
+            w = mb_batch.response_mask.shape[1]  # response columns this minibatch uses
+            mb_mask = mask[mb, :w]
+            v_loss = ptx_loss = None
+            with accelerator.autocast():
+                logprobs, logits = response_logprobs(policy, mb_batch, cfg.temperature, return_logits=True)
+                pg_loss, pg_stats = ppo_policy_loss(
+                    logprobs, old_logprobs[mb, :w], advantages[mb, :w], mb_mask, cfg.cliprange
+                )
+                loss = pg_loss
+                entropy = masked_mean(entropy_from_logits(logits), mb_mask)
+                record(stats, pg_loss=pg_loss, entropy=entropy, **pg_stats)
+                if value_model is not None:
+                    values = values_of(value_model, policy, mb_batch, cfg)
+                    v_loss, v_stats = ppo_value_loss(
+                        values, old_values[mb, :w], returns[mb, :w], mb_mask, cfg.cliprange_value
+                    )
+                    loss = loss + cfg.vf_coef * v_loss
+                    record(stats, v_loss=v_loss, **v_stats)
+                if ptx_blocks is not None:
+                    ptx_loss = ptx_lm_loss(policy, ptx_blocks, cfg, number, epoch, mb, tokenizer, device)
+                    loss = loss + cfg.ptx_coef * ptx_loss  # the γ·E[log π(x)] term, as a loss
+                    record(stats, ptx_loss=ptx_loss)
+            check_finite(iteration, accelerator, "iteration", **named_losses(pg_loss, v_loss, ptx_loss))
+            accelerator.backward(loss)
+            clip_gradients(accelerator, optimizer_params(optimizer), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(policy))
+    return stats
+
+
+def resumed(
+    cfg: PPOConfig, accelerator, scheduler, kl_ctl, own_state: dict[str, nn.Module]
+) -> tuple[int, dict]:
+    """(the iteration to start at, the settings changed since the checkpoint): 0, {} unless --resume finds one, whose
+    β, EMA and shared-trunk head are loaded here (the models and optimizer by accelerate)."""
+    out = Path(cfg.out)
+    if not (cfg.resume and (state := load_checkpoint(accelerator, out, scheduler, settings_of(cfg)))):
+        return 0, {}
+    kl_ctl.value = state["kl_coef"]
+    for name, module in own_state.items():
+        module.load_state_dict(state["tensors"][name])
+    console.print(f"[{cfg.algo}] resuming from {out}/checkpoint at iteration {state['step']}")
+    return state["step"], state["changed"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,6 +352,12 @@ def check_settings(cfg: PPOConfig) -> None:
         raise UsageError(
             f"ppo --lora-r {cfg.lora_r} --ref-policy {cfg.ref_policy}: with LoRA the reference is the policy with "
             "its adapters off (no second model is loaded); leave out --ref-policy, or train without --lora-r"
+        )
+    if cfg.ptx_coef > 0 and cfg.ptx_data == WORLD and not writes_the_world(load_tokenizer(cfg.policy)):
+        raise UsageError(
+            f"ppo --ptx-coef {cfg.ptx_coef} without --ptx-data: the ptx text would be the embedded world's (Chinese, "
+            f"made for rlhfkit's own tokenizer), and {cfg.policy} has another tokenizer; give --ptx-data FILE.jsonl "
+            "with {'text'} rows of your pretraining text"
         )
 
 
