@@ -282,103 +282,137 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
     write_atomic(
         out / "config.yaml", yaml.safe_dump(resolved_dict(cfg, steps), allow_unicode=True, sort_keys=False)
     )
-    timings_path = out / "timings.json"
-    timings = (read_record(timings_path) or {}) if cfg.resume else {}
     graph = step_graph(cfg, steps)
-    built_path, prints = out / "steps.json", fingerprints(cfg, steps)
-    built = read_record(built_path)
-    if cfg.resume and built is None and (out / "gpt").exists():
-        console.print(
-            "[pipeline] no steps.json (a run of an older rlhfkit): its finished steps are trusted to match "
-            "these settings"
-        )
-    built = built if cfg.resume and built else {}
+    ledger = Ledger.open(cfg, steps, graph, began)
+    dag = plan(pipeline_steps(cfg, steps, graph, ledger))
+    ledger.jobs = resolve_jobs(cfg.jobs, dag)
+    run_steps(dag, ledger.jobs, torch.get_num_threads(), ledger.begin, ledger.end)
+    report = json.loads((out / "eval" / "report.json").read_text())
+    total, now = sum(ledger.timings.values()), time.time() - began
+    took = f"{now:.0f} s" + (
+        f" ({total:.0f} s of steps, earlier runs' included)"
+        if cfg.resume
+        else f" ({total:.0f} s of steps, up to {ledger.jobs} at a time)"
+        if ledger.jobs > 1
+        else ""
+    )
+    console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
+    return report
 
-    def record(name: str, complete: bool) -> None:
-        built[name] = {**prints[name], "complete": complete}
-        write_atomic(built_path, json.dumps(built, indent=2, default=str))
 
-    ran: set[str] = set()
+@dataclasses.dataclass
+class Ledger:
+    """What a run has built, in `<out>/steps.json` (each step's settings fingerprint and whether it finished) and
+    `<out>/timings.json`: which steps --resume runs again, and each step's time in the report."""
 
-    def begin(step: Step) -> bool:
+    cfg: PipelineConfig
+    steps: dict
+    graph: dict
+    began: float
+    prints: dict  # each step's settings now (`fingerprints`)
+    built: dict  # steps.json: what was built, with which settings
+    timings: dict
+    ran: set = dataclasses.field(default_factory=set)
+    jobs: int = 1
+
+    @classmethod
+    def open(cls, cfg: PipelineConfig, steps: dict, graph: dict, began: float) -> Ledger:
+        out = Path(cfg.out)
+        timings = (read_record(out / "timings.json") or {}) if cfg.resume else {}
+        built = read_record(out / "steps.json")
+        if cfg.resume and built is None and (out / "gpt").exists():
+            console.print(
+                "[pipeline] no steps.json (a run of an older rlhfkit): its finished steps are trusted to match "
+                "these settings"
+            )
+        built = built if cfg.resume and built else {}
+        return cls(cfg, steps, graph, began, fingerprints(cfg, steps), built, timings)
+
+    def record(self, name: str, complete: bool) -> None:
+        self.built[name] = {**self.prints[name], "complete": complete}
+        write_atomic(Path(self.cfg.out) / "steps.json", json.dumps(self.built, indent=2, default=str))
+
+    def begin(self, step: Step) -> bool:
         """Whether `step` must run: not when --resume finds it finished with these settings. A step that runs is
         recorded unfinished first, and finished last (`end`, after its time and report): a kill in between runs
         it again, and only with the same settings."""
-        name, done = step.name, step.done()
-        new, old = prints.get(name), built.get(name)
-        if cfg.resume and new and old and old["fingerprint"] != new["fingerprint"]:
+        name, done, resume = step.name, step.done(), self.cfg.resume
+        new, old = self.prints.get(name), self.built.get(name)
+        if resume and new and old and old["fingerprint"] != new["fingerprint"]:
             console.print(f"[pipeline] {name}: {why_stale(old, new)} since it was built; rebuilding it")
-            target = Path(graph[name][0].out)
+            target = Path(self.graph[name][0].out)
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             done = False
         if old and not old.get("complete", True):  # it was interrupted, whatever its files say
             done = False
-        if cfg.resume and done:
+        if resume and done:
             console.print(f"[pipeline] {name}: finished earlier, skipped")
             if new:
-                record(name, complete=True)
+                self.record(name, complete=True)
             return False
         if new:
-            record(name, complete=False)
-        ran.add(name)
+            self.record(name, complete=False)
+        self.ran.add(name)
         return True
 
-    def end(step: Step, seconds: float) -> None:
-        timings[step.name] = round(seconds, 2)
-        write_atomic(timings_path, json.dumps(timings, indent=2))
+    def end(self, step: Step, seconds: float) -> None:
+        self.timings[step.name] = round(seconds, 2)
+        write_atomic(Path(self.cfg.out) / "timings.json", json.dumps(self.timings, indent=2))
         if step.name == "eval":
-            add_timings_and_rounds()
-        if step.name in prints:
-            record(step.name, complete=True)
+            self.add_timings_and_rounds()
+        if step.name in self.prints:
+            self.record(step.name, complete=True)
 
-    def add_timings_and_rounds() -> None:
+    def add_timings_and_rounds(self) -> None:
         """The report with every step's wall time and, with rounds, what each round measured: part of the eval
         step, so a kill here runs it again."""
+        cfg, out = self.cfg, Path(self.cfg.out)
         report = json.loads((out / "eval" / "report.json").read_text())
         if cfg.rlhf_rounds > 1:
-            report["rlhf_rounds"] = rounds_report(cfg, steps, graph, report)
+            report["rlhf_rounds"] = rounds_report(cfg, self.steps, self.graph, report)
         report["seconds"] = {
             **report["seconds"],
-            "steps": timings,
-            "total": round(sum(timings.values()), 2),  # the steps' seconds, side by side ones added up
-            "wall": round(time.time() - began, 2),  # this command's, up to here
-            "jobs": jobs,
+            "steps": self.timings,
+            "total": round(sum(self.timings.values()), 2),  # the steps' seconds, side by side ones added up
+            "wall": round(time.time() - self.began, 2),  # this command's, up to here
+            "jobs": self.jobs,
         }
-        write_markdown(report, out / "eval" / "report.md", timings)
+        write_markdown(report, out / "eval" / "report.md", self.timings)
         write_atomic(out / "eval" / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
 
-    def copy_tokenizer(pretrained: bool) -> None:
-        if pretrained:
-            shutil.rmtree(
-                out / "tokenizer", ignore_errors=True
-            )  # (re)built: its tokenizer is the one to copy
-        if not (out / "tokenizer").exists():
-            shutil.copytree(
-                out / "gpt",
-                out / "tokenizer",
-                ignore=lambda d, names: [
-                    n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
-                ],
-            )
 
-    corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
+def copy_tokenizer(out: Path, pretrained: bool) -> None:
+    """<out>/tokenizer: Step0's tokenizer files, for the stages and the reader; copied again when Step0 ran."""
+    if pretrained:
+        shutil.rmtree(out / "tokenizer", ignore_errors=True)  # (re)built: its tokenizer is the one to copy
+    if not (out / "tokenizer").exists():
+        shutil.copytree(
+            out / "gpt",
+            out / "tokenizer",
+            ignore=lambda d, names: [
+                n for n in names if not n.startswith(("tokenizer", "chat_template", "special"))
+            ],
+        )
+
+
+def pipeline_steps(cfg: PipelineConfig, steps: dict, graph: dict, ledger: Ledger) -> list[Step]:
+    """The scheduler's steps: the world's data, the stages, the methods asked for and their rounds (a round step
+    is named after its stage last: ppo/round_2/label runs label), and the evaluation; parents first."""
+    out = Path(cfg.out)
     functions = {"pretrain": pretrain.run, "sft": sft.run, "label": label.run, "reward": reward.run}
     functions |= {m: dpo.run if m == "dpo" else ppo.run for m in TRAINED_METHODS}
     functions["eval"] = evaluate
-    # the steps of this run: the stages, the methods asked for and their rounds (a round step is named after its
-    # stage last: ppo/round_2/label runs label)
     stages = {
         name: functions[name.rsplit("/", 1)[-1]]
         for name in graph
         if (round_chain(name) or name) in cfg.methods
         or name in ("pretrain", "sft", "label", "reward", "eval")
     }
-
     finished = {
         "pretrain": lambda: is_finished(out / "gpt"),
         "label": lambda: (out / "data" / "comparisons.jsonl").exists(),
         # The report stands while nothing it judges was (re)built: a finished run resumed does nothing.
-        "eval": lambda: (out / "eval" / "report.json").exists() and not ran,
+        "eval": lambda: (out / "eval" / "report.json").exists() and not ledger.ran,
     }
 
     def stage_step(name: str) -> Step:
@@ -404,30 +438,18 @@ def run(cfg: PipelineConfig, overrides: dict | None = None) -> dict:
             lambda: function(config),
             stage=(function, config),
             log=log,
-            after=copy_tokenizer if name == "pretrain" else None,
-            seconds=timings.get(name) or expected,
+            after=(lambda pretrained: copy_tokenizer(out, pretrained)) if name == "pretrain" else None,
+            seconds=ledger.timings.get(name) or expected,
         )
 
+    corpus_docs = steps["pretrain"].world_docs  # data/pretrain.jsonl is the corpus Step0 trains on
     data = Step(
         "data",
         [],
         lambda: (out / "data" / "eval_prompts.jsonl").exists(),
         lambda: export_world(out / "data", n_docs=corpus_docs),
     )
-    dag = plan([data, *(stage_step(name) for name in stages)])
-    jobs = resolve_jobs(cfg.jobs, dag)
-    run_steps(dag, jobs, torch.get_num_threads(), begin, end)
-    report = json.loads((out / "eval" / "report.json").read_text())
-    total, now = sum(timings.values()), time.time() - began
-    took = f"{now:.0f} s" + (
-        f" ({total:.0f} s of steps, earlier runs' included)"
-        if cfg.resume
-        else f" ({total:.0f} s of steps, up to {jobs} at a time)"
-        if jobs > 1
-        else ""
-    )
-    console.print(f"[pipeline] done in {took} — read {out / 'eval' / 'report.md'}")
-    return report
+    return [data, *(stage_step(name) for name in stages)]
 
 
 ROUND_ROWS = ("win_rate", "win_rate_ci", "gold_score", "kl_to_sft", "pretrain_ppl")
