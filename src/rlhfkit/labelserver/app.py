@@ -60,21 +60,40 @@ def create_app(
     `secure_cookies`: mark cookies Secure (when a TLS proxy stands in front)."""
     db = Database(db_path)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, max_body_size=max_body)
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
-    templates = Jinja2Templates(env=env)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    pages = Pages()
+    add_guard(app, db, pages)
+    add_login_routes(app, db, pages, secure_cookies)
+    add_labelling_routes(app, db, pages, lease)
+    add_admin_routes(app, db, pages)
+    app.state.db = db
+    return app
 
-    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+
+class Pages:
+    """The HTML pages, rendered with the person and CSRF token `guard` put on the request."""
+
+    def __init__(self):
+        env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+        self.templates = Jinja2Templates(env=env)
+
+    def page(self, request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         user = getattr(request.state, "user", None)
         csrf = getattr(request.state, "csrf", None) or ""
-        return templates.TemplateResponse(
+        return self.templates.TemplateResponse(
             request, name, {"user": user, "csrf": csrf, **context}, status_code=status
         )
 
-    def refuse(request: Request, status: int, message: str) -> Response:
+    def refuse(self, request: Request, status: int, message: str) -> Response:
+        """JSON for the API and for writes, an error page for a page."""
         if request.url.path.startswith("/api/") or request.method not in SAFE_METHODS:
             return JSONResponse({"error": message}, status_code=status)
-        return page(request, "error.html", status=status, status_code=status, message=message)
+        return self.page(request, "error.html", status=status, status_code=status, message=message)
+
+
+def add_guard(app: FastAPI, db: Database, pages: Pages) -> None:
+    """The checks every request passes before its route (origin, login, CSRF, admin), the security headers on
+    every answer, and a 422 that names what a bad request body got wrong."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -101,7 +120,7 @@ def create_app(
                     if who[0].is_admin:
                         response = await call_next(request)
                     else:
-                        response = refuse(request, 403, "this page is for admins")
+                        response = pages.refuse(request, 403, "this page is for admins")
                 else:
                     response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
@@ -118,14 +137,16 @@ def create_app(
         )
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
-    # -- logging in -------------------------------------------------------------------------------------------
+
+def add_login_routes(app: FastAPI, db: Database, pages: Pages, secure_cookies: bool) -> None:
+    """Logging in with a person's token (the form's own CSRF token is a double-submit cookie) and out."""
 
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request):
         # Kept while the browser has one: two tabs of the login page (or a favicon request redirected here)
         # must not make each other's form stale.
         token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
-        response = page(request, "login.html", login_csrf=token)
+        response = pages.page(request, "login.html", login_csrf=token)
         response.set_cookie(
             LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies, max_age=3600
         )
@@ -160,13 +181,15 @@ def create_app(
         response.delete_cookie(SESSION_COOKIE)
         return response
 
-    # -- labelling --------------------------------------------------------------------------------------------
+
+def add_labelling_routes(app: FastAPI, db: Database, pages: Pages, lease: float) -> None:
+    """The sets, the next item of one (held for its person `lease` seconds), and labelling or skipping it."""
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request):
         user = request.state.user
         mine = db.user_progress(user)
-        return page(request, "home.html", sets=[(s, mine[s.id]) for s in db.task_sets()])
+        return pages.page(request, "home.html", sets=[(s, mine[s.id]) for s in db.task_sets()])
 
     @app.get("/api/sets")
     def list_sets(request: Request):
@@ -177,19 +200,18 @@ def create_app(
     def next_page(request: Request, set_id: int):
         task_set = db.task_set(set_id)
         if task_set is None:
-            return refuse(request, 404, "no such task set")
+            return pages.refuse(request, 404, "no such task set")
         item = db.next_item(request.state.user, set_id, lease)
         if item is None:
-            return page(
-                request, "done.html", task_set=task_set, mine=db.user_progress(request.state.user)[set_id]
-            )
+            mine = db.user_progress(request.state.user)[set_id]
+            return pages.page(request, "done.html", task_set=task_set, mine=mine)
         return RedirectResponse(f"/items/{item.id}", status_code=303)
 
     @app.get("/api/sets/{set_id}/next")
     def next_item(request: Request, set_id: int):
         task_set = db.task_set(set_id)
         if task_set is None:
-            return refuse(request, 404, "no such task set")
+            return pages.refuse(request, 404, "no such task set")
         item = db.next_item(request.state.user, set_id, lease)
         return {"item": None if item is None else item_view(task_set, item)}
 
@@ -197,7 +219,7 @@ def create_app(
         """The item and its set when it was handed to this person, else the refusal to send."""
         item = db.item(item_id)
         if item is None or db.assignment(request.state.user, item_id) is None:
-            return refuse(request, 403, "this item was not given to you")  # and do not say whether it exists
+            return pages.refuse(request, 403, "this item was not given to you")  # nor say whether it exists
         return db.task_set(item.set_id), item
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
@@ -208,9 +230,8 @@ def create_app(
         task_set, item = held
         if db.assignment(request.state.user, item_id) != "open":
             return RedirectResponse(f"/sets/{task_set.id}/next", status_code=303)
-        return page(
-            request, f"{task_set.kind}.html", task_set=task_set, item=item, view=item_view(task_set, item)
-        )
+        view = item_view(task_set, item)
+        return pages.page(request, f"{task_set.kind}.html", task_set=task_set, item=item, view=view)
 
     @app.post("/api/items/{item_id}/label")
     def submit(request: Request, item_id: int, body: JSONBody):
@@ -222,7 +243,7 @@ def create_app(
             value = check_label(task_set.kind, item, body)
             label_id, repeated = db.submit(request.state.user, item_id, value)
         except NotYours:
-            return refuse(request, 403, "this item was not given to you")
+            return pages.refuse(request, 403, "this item was not given to you")
         except LabelError as err:
             return JSONResponse(
                 {"error": str(err)}, status_code=422 if "cannot be changed" not in str(err) else 409
@@ -238,7 +259,10 @@ def create_app(
         db.skip(request.state.user, item_id)
         return {"ok": True, "next": f"/sets/{held[0].id}/next"}
 
-    # -- admin ------------------------------------------------------------------------------------------------
+
+def add_admin_routes(app: FastAPI, db: Database, pages: Pages) -> None:
+    """Progress and agreement per set, adding people, and a set's labels as the JSONL the stages read
+    (`guard` lets only admins here)."""
 
     def overview() -> list[dict]:
         progress = db.progress()
@@ -252,7 +276,7 @@ def create_app(
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(request: Request):
-        return page(request, "admin.html", sets=overview(), people=db.users(), db_path=db.path)
+        return pages.page(request, "admin.html", sets=overview(), people=db.users(), db_path=db.path)
 
     @app.get("/api/admin/progress")
     def admin_progress(request: Request):
@@ -272,7 +296,7 @@ def create_app(
     def download(request: Request, set_id: int):
         task_set = db.task_set(set_id)
         if task_set is None:
-            return refuse(request, 404, "no such task set")
+            return pages.refuse(request, 404, "no such task set")
         rows, _ = set_rows(task_set, db.labels(set_id))
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         return Response(
@@ -280,9 +304,6 @@ def create_app(
             media_type="application/x-ndjson; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{task_set.name}.jsonl"'},
         )
-
-    app.state.db = db
-    return app
 
 
 def authenticate(db: Database, request: Request) -> tuple[User, str | None] | None:
