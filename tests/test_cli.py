@@ -36,8 +36,9 @@ def test_help_lists_every_field(command, flags, capsys):
 
 
 def test_every_command_and_flag_the_readme_documents_exists(capsys):
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    table = "\n".join(re.findall(r"^\| `rlhfkit .*$", readme, flags=re.MULTILINE))
+    root = Path(__file__).parents[1]
+    text = "".join((root / doc).read_text(encoding="utf-8") for doc in ("README.md", "docs/commands.md"))
+    table = "\n".join(re.findall(r"^\| `rlhfkit .*$", text, flags=re.MULTILINE))
     documented = re.findall(r"`rlhfkit ((?:world )?[\w-]+)([^`]*)`", table)
     assert {"pipeline", "ppo", "dpo", "eval"} <= {cmd for cmd, _ in documented}
     for cmd, usage in documented:
