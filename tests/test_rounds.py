@@ -174,7 +174,9 @@ def test_a_continued_reward_model_starts_from_the_previous_one_head_included(
     from rlhfkit.training import batch_indices
 
     # The loss logged at step 1 is that of the model before its first update: the previous reward model's, head
-    # and all, on the first batch (a fresh head would give log 2 on any batch).
+    # and all, on the first batch. A head that scored every answer alike would give log 2; the previous model's
+    # loss must differ from that by far more than the 1e-6 the match is held to (the tiny RM barely trains, so
+    # its loss sits near log 2: 2.3e-3 away on the CI machine, more here), or the match would prove nothing.
     cfg = preset_config(RewardConfig, **read_meta(continued_rm)["settings"])
     train, _ = reward.split_by_prompt(list(load_preferences(round_comparisons)), cfg.val_fraction, cfg.seed)
     batch = [train[i] for i in batch_indices(len(train), cfg.batch_size, 0, cfg.seed)]
@@ -182,7 +184,7 @@ def test_a_continued_reward_model_starts_from_the_previous_one_head_included(
     previous = TokenScores(load_reward_model(tiny_reward, tokenizer.pad_token_id)).train()  # as trained
     expected = ranking_loss(*reward.batch_rewards(previous, tokenizer, batch, cfg.max_len, "cpu")).item()
     first = read_jsonl(continued_rm / "metrics.jsonl")[0]
-    assert first["loss"] == pytest.approx(expected, abs=1e-6) and abs(expected - math.log(2)) > 5e-3
+    assert first["loss"] == pytest.approx(expected, abs=1e-6) and abs(expected - math.log(2)) > 1e-4
     assert cfg.model == str(tiny_reward)
     report = json.loads((continued_rm / "eval.json").read_text())
     assert report["initialised_from"]["stage"] == "reward"
