@@ -19,7 +19,7 @@ from transformers import (
 
 import rlhfkit.stages.lm
 import rlhfkit.training
-from conftest import TINY_PRETRAIN, assert_same_run, read_jsonl, weights
+from conftest import TINY_PRETRAIN, assert_same_run, console_text, read_jsonl, weights
 from rlhfkit.config import PretrainConfig, SFTConfig, preset_config
 from rlhfkit.modeling import check_vocab, read_meta
 from rlhfkit.stages import pretrain, sft
@@ -397,6 +397,26 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: True)
     assert training.make_accelerator("auto", cpu=True).mixed_precision == "bf16"
     assert training.make_accelerator("no", cpu=True).mixed_precision == "no"
+
+
+def test_auto_precision_says_what_it_chose_once(monkeypatch, capsys):
+    # The same seed trains to other numbers in bf16 than in fp32: a run on a CPU with native bf16 says so.
+    from rlhfkit import training
+
+    monkeypatch.setattr(training, "_SAID_PRECISION", set())
+    monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: True)
+    training.make_accelerator("auto", cpu=True)
+    training.make_accelerator("auto", cpu=True)
+    training.make_accelerator("no", cpu=True)
+    said = console_text(capsys)
+    assert said.count("[precision]") == 1
+    assert (
+        "--mixed-precision auto: bf16 autocast (this CPU has native bf16" in said
+        and "--mixed-precision no" in said
+    )
+    monkeypatch.setattr(training, "cpu_bf16_is_fast", lambda: False)
+    training.make_accelerator("auto", cpu=True)
+    assert "--mixed-precision auto: fp32 (this CPU has no native bf16)" in console_text(capsys)
 
 
 def test_a_checkpoint_whose_optimizer_does_not_fit_is_a_clear_error(tmp_path):

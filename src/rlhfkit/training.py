@@ -91,6 +91,7 @@ def make_accelerator(
             mixed_precision = "bf16" if cpu_bf16_is_fast() else "no"
         else:
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        say_auto_precision(mixed_precision, cpu)
     # Every stage counts its schedule in its own optimizer steps. Accelerate's default steps a prepared scheduler once
     # per process at each optimizer step (it assumes the step count was divided by the number of processes), which
     # ran warm-up and decay N times too fast on N processes.
@@ -100,6 +101,26 @@ def make_accelerator(
         gradient_accumulation_steps=grad_accum,
         step_scheduler_with_optimizer=False,
     )
+
+
+_SAID_PRECISION: set[tuple[str, bool]] = set()
+
+
+def say_auto_precision(choice: str, cpu: bool) -> None:
+    """Say once per process what --mixed-precision auto chose: the same seed trains to other numbers in bf16 than in
+    fp32, so a run on a CPU with native bf16 must not pass for the fp32 one without a word."""
+    if (choice, cpu) in _SAID_PRECISION or int(os.environ.get("RANK", "0")) != 0:
+        return
+    _SAID_PRECISION.add((choice, cpu))
+    where = "this CPU" if cpu else "this GPU"
+    if choice == "no":
+        console.print(f"[precision] --mixed-precision auto: fp32 ({where} has no native bf16)")
+    else:
+        why = "native bf16: " + "/".join(BF16_CPU_FLAGS) if cpu else "its native half precision"
+        console.print(
+            f"[precision] --mixed-precision auto: {choice} autocast ({where} has {why}); give --mixed-precision "
+            "no for fp32"
+        )
 
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 matmuls (Sapphire Rapids AMX, Cooper Lake / Zen 4)
