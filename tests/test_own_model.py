@@ -406,7 +406,10 @@ def test_scoring_a_row_longer_than_the_reward_models_context_says_so(kind, own, 
     batching._SAID_CUT.discard(limit)
     long = "word " * (2 * limit)
     short, cut = batching.score_responses(model, tokenizer, ["Hi", "Hi"], ["Fine.", long]).tolist()
-    assert f"1 of 2 (prompt, answer) rows are longer than {limit} tokens" in console_text(capsys)
+    assert (
+        f"[score] warning: 1 of 2 responses are longer than the reward model's context of {limit} tokens with "
+        f"their prompt; they keep their last {limit} tokens"
+    ) in console_text(capsys)
     rows = batching.encode_rows(tokenizer, ["Hi", "Hi"], ["Fine.", long], [True, True], 10 * limit)
     ids, mask = batching.pad([rows[0], rows[1][-limit:]], tokenizer.pad_token_id)
     with torch.no_grad():

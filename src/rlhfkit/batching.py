@@ -149,12 +149,13 @@ def check_conversations(tokenizer, items: list[Ranked], where: str) -> None:
         )
 
 
-def warn_if_cut(stage: str, n_cut: int, n_responses: int, max_len: int) -> None:
-    """The warning of a stage that cut `n_cut` rows to their last `max_len` tokens (reward, DPO)."""
+def warn_if_cut(stage: str, n_cut: int, n_responses: int, max_len: int, limit: str = "") -> None:
+    """The warning of a stage that cut `n_cut` rows to their last `max_len` tokens (reward, DPO, scoring);
+    `limit` names the bound (default: the --max-len setting)."""
     if n_cut:
         console.print(
-            f"[{stage}] warning: {n_cut} of {n_responses} responses are longer than --max-len {max_len} with "
-            f"their prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
+            f"[{stage}] warning: {n_cut} of {n_responses} responses are longer than {limit or f'--max-len {max_len}'} "
+            f"with their prompt; they keep their last {max_len} tokens (the prompt's start is cut)"
         )
 
 
@@ -257,10 +258,7 @@ def score_responses(
         out.append(last_token_scores(model, ids.to(device), mask.to(device)).float().cpu())
     if n_cut and max_len not in _SAID_CUT:
         _SAID_CUT.add(max_len)
-        console.print(
-            f"[score] warning: {n_cut} of {len(prompts)} (prompt, answer) rows are longer than {max_len} tokens, "
-            f"the reward model's limit; they are scored on their last {max_len} tokens (the prompt's start is cut)"
-        )
+        warn_if_cut("score", n_cut, len(prompts), max_len, f"the reward model's context of {max_len} tokens")
     return torch.cat(out) + float(getattr(model.config, "reward_bias", 0.0) or 0.0)
 
 

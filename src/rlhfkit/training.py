@@ -108,8 +108,9 @@ _SAID_PRECISION: set[tuple[str, bool]] = set()
 
 def say_auto_precision(choice: str, cpu: bool) -> None:
     """Say once per process what --mixed-precision auto chose: the same seed trains to other numbers in bf16 than in
-    fp32, so a run on a CPU with native bf16 must not pass for the fp32 one without a word."""
-    if (choice, cpu) in _SAID_PRECISION or int(os.environ.get("RANK", "0")) != 0:
+    fp32, so a run on a CPU with native bf16 must not pass for the fp32 one without a word. (Ranks above 0 print
+    nothing: the console is quiet there.)"""
+    if (choice, cpu) in _SAID_PRECISION:
         return
     _SAID_PRECISION.add((choice, cpu))
     where = "this CPU" if cpu else "this GPU"
